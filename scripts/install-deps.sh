@@ -7,6 +7,7 @@ packages=(
   protobuf-compiler   # protoc, for the gRPC API crate
   containerd          # ctr (compatibility tests) and the daemon (benchmark peer)
   runc
+  etcd-server         # the shared metadata backend (store conformance tests)
   pkg-config
   gcc
 )

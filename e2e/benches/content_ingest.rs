@@ -21,10 +21,7 @@ const CHUNK: usize = 1 << 20;
 const IN_FLIGHT: usize = 8;
 
 fn rounds() -> usize {
-    std::env::var("ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(3)
+    std::env::var("ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3)
 }
 
 fn mib_per_s(bytes: usize, seconds: f64) -> f64 {
@@ -36,14 +33,10 @@ async fn rust_client_ingest(socket: &Path, data: &[u8], digest: &str, reference:
     let channel = containerd_client::connect(socket).await.expect("connect");
     let mut client = ContentClient::new(channel);
     let started = Instant::now();
-    let (mut writer, _) = Writer::open(&mut client, "bench", stat(reference))
-        .await
-        .expect("stat");
+    let (mut writer, _) = Writer::open(&mut client, "bench", stat(reference)).await.expect("stat");
     let mut pending = 0;
     for (i, chunk) in data.chunks(CHUNK).enumerate() {
-        writer
-            .send_only(write(reference, (i * CHUNK) as i64, chunk))
-            .await;
+        writer.send_only(write(reference, (i * CHUNK) as i64, chunk)).await;
         pending += 1;
         if pending == IN_FLIGHT {
             writer.receive().await.expect("write");
@@ -53,20 +46,9 @@ async fn rust_client_ingest(socket: &Path, data: &[u8], digest: &str, reference:
     for _ in 0..pending {
         writer.receive().await.expect("write");
     }
-    writer
-        .send(commit(reference, data.len() as i64, digest))
-        .await
-        .expect("commit");
+    writer.send(commit(reference, data.len() as i64, digest)).await.expect("commit");
     let rate = mib_per_s(data.len(), started.elapsed().as_secs_f64());
-    client
-        .delete(in_namespace(
-            DeleteContentRequest {
-                digest: digest.into(),
-            },
-            "bench",
-        ))
-        .await
-        .expect("delete");
+    client.delete(in_namespace(DeleteContentRequest { digest: digest.into() }, "bench")).await.expect("delete");
     rate
 }
 
@@ -81,22 +63,14 @@ fn ctr_ingest(socket: &Path, file: &Path, digest: &str, reference: &str) -> f64 
         .output()
         .expect("run ctr");
     let seconds = started.elapsed().as_secs_f64();
-    assert!(
-        output.status.success(),
-        "ctr ingest: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "ctr ingest: {}", String::from_utf8_lossy(&output.stderr));
     let rm = Command::new("ctr")
         .arg("--address")
         .arg(socket)
         .args(["-n", "bench", "content", "rm", digest])
         .output()
         .expect("run ctr");
-    assert!(
-        rm.status.success(),
-        "ctr rm: {}",
-        String::from_utf8_lossy(&rm.stderr)
-    );
+    assert!(rm.status.success(), "ctr rm: {}", String::from_utf8_lossy(&rm.stderr));
     mib_per_s(SIZE, seconds)
 }
 
@@ -123,19 +97,9 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 fn berth_rss(stack: &Stack) -> u64 {
     let mut total = rss_bytes(stack.pid());
-    for name in [
-        "berth-gateway",
-        "berth-content",
-        "berth-snapshot",
-        "berth-image",
-        "berth-metadata",
-        "berth-execution",
-    ] {
-        total += stack
-            .service_pids(name)
-            .into_iter()
-            .map(rss_bytes)
-            .sum::<u64>();
+    for name in ["berth-gateway", "berth-content", "berth-snapshot", "berth-image", "berth-metadata", "berth-execution"]
+    {
+        total += stack.service_pids(name).into_iter().map(rss_bytes).sum::<u64>();
     }
     total
 }
@@ -158,42 +122,22 @@ async fn main() {
     for round in 0..rounds() {
         let reference = format!("bench-{round}");
         berth_rust.push(rust_client_ingest(&stack.socket, &data, &digest, &reference).await);
-        containerd_rust
-            .push(rust_client_ingest(&containerd.socket, &data, &digest, &reference).await);
+        containerd_rust.push(rust_client_ingest(&containerd.socket, &data, &digest, &reference).await);
         berth_ctr.push(ctr_ingest(&stack.socket, &file, &digest, &reference));
         containerd_ctr.push(ctr_ingest(&containerd.socket, &file, &digest, &reference));
         dd.push(disk_ceiling(stack.dir.path()));
         eprintln!(
             "round {round}: rust berth {:.0} containerd {:.0} | ctr berth {:.0} containerd {:.0} | dd {:.0} MiB/s",
-            berth_rust[round],
-            containerd_rust[round],
-            berth_ctr[round],
-            containerd_ctr[round],
-            dd[round]
+            berth_rust[round], containerd_rust[round], berth_ctr[round], containerd_ctr[round], dd[round]
         );
     }
 
-    let (br, cr, bc, cc, disk) = (
-        median(berth_rust),
-        median(containerd_rust),
-        median(berth_ctr),
-        median(containerd_ctr),
-        median(dd),
-    );
-    println!(
-        "| client | berth MiB/s | containerd MiB/s | berth / containerd | berth / disk (dd {disk:.0} MiB/s) |"
-    );
+    let (br, cr, bc, cc, disk) =
+        (median(berth_rust), median(containerd_rust), median(berth_ctr), median(containerd_ctr), median(dd));
+    println!("| client | berth MiB/s | containerd MiB/s | berth / containerd | berth / disk (dd {disk:.0} MiB/s) |");
     println!("| --- | --- | --- | --- | --- |");
-    println!(
-        "| Rust (containerd-client) | {br:.0} | {cr:.0} | {:.2}x | {:.0}% |",
-        br / cr,
-        100.0 * br / disk
-    );
-    println!(
-        "| ctr content ingest | {bc:.0} | {cc:.0} | {:.2}x | {:.0}% |",
-        bc / cc,
-        100.0 * bc / disk
-    );
+    println!("| Rust (containerd-client) | {br:.0} | {cr:.0} | {:.2}x | {:.0}% |", br / cr, 100.0 * br / disk);
+    println!("| ctr content ingest | {bc:.0} | {cc:.0} | {:.2}x | {:.0}% |", bc / cc, 100.0 * bc / disk);
     println!();
     println!(
         "Idle RSS: berth (berthd + gateway + services) {:.1} MiB, containerd daemon {:.1} MiB ({:.2}x)",
@@ -201,9 +145,5 @@ async fn main() {
         containerd_idle as f64 / (1 << 20) as f64,
         berth_idle as f64 / containerd_idle as f64
     );
-    println!(
-        "Medians of {} alternating rounds of a {} MiB random blob.",
-        rounds(),
-        SIZE >> 20
-    );
+    println!("Medians of {} alternating rounds of a {} MiB random blob.", rounds(), SIZE >> 20);
 }

@@ -2,8 +2,7 @@
 
 use containerd_client::services::v1::content_client::ContentClient;
 use containerd_client::services::v1::{
-    InfoRequest, ReadContentRequest, StatusRequest, WriteAction, WriteContentRequest,
-    WriteContentResponse,
+    InfoRequest, ReadContentRequest, StatusRequest, WriteAction, WriteContentRequest, WriteContentResponse,
 };
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -14,20 +13,13 @@ use tonic::transport::Channel;
 /// Wraps `message` in a request for namespace `ns`.
 pub fn in_namespace<T>(message: T, ns: &str) -> Request<T> {
     let mut request = Request::new(message);
-    request.metadata_mut().insert(
-        "containerd-namespace",
-        ns.parse().expect("namespace is ASCII"),
-    );
+    request.metadata_mut().insert("containerd-namespace", ns.parse().expect("namespace is ASCII"));
     request
 }
 
 /// A STAT request for `reference`.
 pub fn stat(reference: &str) -> WriteContentRequest {
-    WriteContentRequest {
-        action: WriteAction::Stat as i32,
-        r#ref: reference.into(),
-        ..Default::default()
-    }
+    WriteContentRequest { action: WriteAction::Stat as i32, r#ref: reference.into(), ..Default::default() }
 }
 
 /// A WRITE of `data` at `offset`.
@@ -68,42 +60,20 @@ impl Writer {
     ) -> Result<(Writer, WriteContentResponse), tonic::Status> {
         let (sender, receiver) = mpsc::channel(16);
         sender.send(first).await.expect("stream open");
-        let mut responses = client
-            .write(in_namespace(ReceiverStream::new(receiver), ns))
-            .await?
-            .into_inner();
+        let mut responses = client.write(in_namespace(ReceiverStream::new(receiver), ns)).await?.into_inner();
         let response = next(&mut responses).await?;
-        Ok((
-            Writer {
-                sender: Some(sender),
-                responses,
-            },
-            response,
-        ))
+        Ok((Writer { sender: Some(sender), responses }, response))
     }
 
     /// Sends one request and waits for its response.
-    pub async fn send(
-        &mut self,
-        request: WriteContentRequest,
-    ) -> Result<WriteContentResponse, tonic::Status> {
-        self.sender
-            .as_ref()
-            .expect("writer open")
-            .send(request)
-            .await
-            .expect("stream open");
+    pub async fn send(&mut self, request: WriteContentRequest) -> Result<WriteContentResponse, tonic::Status> {
+        self.sender.as_ref().expect("writer open").send(request).await.expect("stream open");
         next(&mut self.responses).await
     }
 
     /// Sends a request without waiting for its response (pipelining).
     pub async fn send_only(&mut self, request: WriteContentRequest) {
-        self.sender
-            .as_ref()
-            .expect("writer open")
-            .send(request)
-            .await
-            .expect("stream open");
+        self.sender.as_ref().expect("writer open").send(request).await.expect("stream open");
     }
 
     /// Reads the next response.
@@ -112,53 +82,28 @@ impl Writer {
     }
 }
 
-async fn next(
-    responses: &mut tonic::Streaming<WriteContentResponse>,
-) -> Result<WriteContentResponse, tonic::Status> {
+async fn next(responses: &mut tonic::Streaming<WriteContentResponse>) -> Result<WriteContentResponse, tonic::Status> {
     match responses.next().await {
         Some(result) => result,
-        None => Err(tonic::Status::unknown(
-            "write stream ended without a response",
-        )),
+        None => Err(tonic::Status::unknown("write stream ended without a response")),
     }
 }
 
 /// Writes `data` under `reference` in one stream and commits it with its digest.
-pub async fn ingest(
-    client: &mut ContentClient<Channel>,
-    ns: &str,
-    reference: &str,
-    data: &[u8],
-) -> String {
+pub async fn ingest(client: &mut ContentClient<Channel>, ns: &str, reference: &str, data: &[u8]) -> String {
     let digest = crate::digest_of(data);
-    let (mut writer, _) = Writer::open(client, ns, stat(reference))
-        .await
-        .expect("open write");
+    let (mut writer, _) = Writer::open(client, ns, stat(reference)).await.expect("open write");
     for (i, chunk) in data.chunks(1 << 20).enumerate() {
-        writer
-            .send(write(reference, (i << 20) as i64, chunk))
-            .await
-            .expect("write");
+        writer.send(write(reference, (i << 20) as i64, chunk)).await.expect("write");
     }
-    let done = writer
-        .send(commit(reference, data.len() as i64, &digest))
-        .await
-        .expect("commit");
+    let done = writer.send(commit(reference, data.len() as i64, &digest)).await.expect("commit");
     assert_eq!(done.digest, digest);
     digest
 }
 
 /// Reads a whole blob.
-pub async fn read_all(
-    client: &mut ContentClient<Channel>,
-    ns: &str,
-    digest: &str,
-) -> Result<Vec<u8>, tonic::Status> {
-    let request = ReadContentRequest {
-        digest: digest.into(),
-        offset: 0,
-        size: 0,
-    };
+pub async fn read_all(client: &mut ContentClient<Channel>, ns: &str, digest: &str) -> Result<Vec<u8>, tonic::Status> {
+    let request = ReadContentRequest { digest: digest.into(), offset: 0, size: 0 };
     let mut stream = client.read(in_namespace(request, ns)).await?.into_inner();
     let mut data = Vec::new();
     while let Some(chunk) = stream.next().await {
@@ -173,14 +118,7 @@ pub async fn info(
     ns: &str,
     digest: &str,
 ) -> Result<containerd_client::services::v1::Info, tonic::Status> {
-    let response = client
-        .info(in_namespace(
-            InfoRequest {
-                digest: digest.into(),
-            },
-            ns,
-        ))
-        .await?;
+    let response = client.info(in_namespace(InfoRequest { digest: digest.into() }, ns)).await?;
     Ok(response.into_inner().info.expect("info in response"))
 }
 
@@ -190,17 +128,6 @@ pub async fn status_offset(
     ns: &str,
     reference: &str,
 ) -> Result<i64, tonic::Status> {
-    let response = client
-        .status(in_namespace(
-            StatusRequest {
-                r#ref: reference.into(),
-            },
-            ns,
-        ))
-        .await?;
-    Ok(response
-        .into_inner()
-        .status
-        .expect("status in response")
-        .offset)
+    let response = client.status(in_namespace(StatusRequest { r#ref: reference.into() }, ns)).await?;
+    Ok(response.into_inner().status.expect("status in response").offset)
 }

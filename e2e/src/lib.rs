@@ -47,17 +47,12 @@ pub fn require_tool(name: &str) -> PathBuf {
             return candidate;
         }
     }
-    panic!(
-        "required tool `{name}` is not installed: run scripts/install-deps.sh (Debian packages)"
-    );
+    panic!("required tool `{name}` is not installed: run scripts/install-deps.sh (Debian packages)");
 }
 
 /// Fails the test unless it runs as root.
 pub fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test needs root: run the suite as root"
-    );
+    assert!(nix::unistd::geteuid().is_root(), "this test needs root: run the suite as root");
 }
 
 /// sha256 digest of `data` in containerd's form.

@@ -20,10 +20,7 @@ impl Containerd {
     /// Starts `containerd --config FILE` and waits until its socket answers `ctr version`.
     pub fn start() -> Containerd {
         let binary = crate::require_tool("containerd");
-        let dir = tempfile::Builder::new()
-            .prefix("berth-peer-containerd-")
-            .tempdir()
-            .expect("temp dir");
+        let dir = tempfile::Builder::new().prefix("berth-peer-containerd-").tempdir().expect("temp dir");
         let socket = dir.path().join("containerd.sock");
         let config = dir.path().join("config.toml");
         std::fs::write(
@@ -77,9 +74,7 @@ impl Containerd {
 impl Drop for Containerd {
     fn drop(&mut self) {
         procs::signal(self.child.id(), Signal::SIGTERM);
-        if !procs::wait_until(Duration::from_secs(10), || {
-            matches!(self.child.try_wait(), Ok(Some(_)))
-        }) {
+        if !procs::wait_until(Duration::from_secs(10), || matches!(self.child.try_wait(), Ok(Some(_)))) {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();

@@ -12,11 +12,7 @@ pub fn children_named(parent: u32, comm: &str) -> Vec<u32> {
         return found;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -27,10 +23,7 @@ pub fn children_named(parent: u32, comm: &str) -> Vec<u32> {
             continue;
         };
         let name = head.split_once('(').map(|(_, n)| n).unwrap_or_default();
-        let ppid = tail
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse::<u32>().ok());
+        let ppid = tail.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
         // /proc's comm is cut at 15 bytes.
         let wanted: String = comm.chars().take(15).collect();
         if ppid == Some(parent) && name == wanted {
@@ -43,11 +36,7 @@ pub fn children_named(parent: u32, comm: &str) -> Vec<u32> {
 /// Whether `pid` is alive (and not a zombie).
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            stat.rsplit_once(')')
-                .and_then(|(_, t)| t.split_whitespace().next())
-                != Some("Z")
-        }
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, t)| t.split_whitespace().next()) != Some("Z"),
         Err(_) => false,
     }
 }

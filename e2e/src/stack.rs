@@ -28,22 +28,12 @@ impl Stack {
 
     /// Starts berthd with extra command-line arguments.
     pub async fn start_with(extra_args: &[&str]) -> Stack {
-        let dir = tempfile::Builder::new()
-            .prefix("berth-e2e-")
-            .tempdir()
-            .expect("temp dir");
+        let dir = tempfile::Builder::new().prefix("berth-e2e-").tempdir().expect("temp dir");
         let root = dir.path().join("root");
         let state = dir.path().join("state");
         let socket = dir.path().join("berth.sock");
         let log = dir.path().join("berthd.log");
-        let mut stack = Stack {
-            root,
-            state,
-            socket,
-            log,
-            child: None,
-            dir,
-        };
+        let mut stack = Stack { root, state, socket, log, child: None, dir };
         stack.spawn(extra_args);
         stack.wait_ready().await;
         stack
@@ -72,24 +62,14 @@ impl Stack {
     async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "berthd exited early with {status}; its log:\n{}",
-                    self.logs()
-                );
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("berthd exited early with {status}; its log:\n{}", self.logs());
             }
             if self.socket.exists() && self.version().await.is_ok() {
                 return;
             }
             if Instant::now() > deadline {
-                panic!(
-                    "berthd did not answer Version within 30 s; its log:\n{}",
-                    self.logs()
-                );
+                panic!("berthd did not answer Version within 30 s; its log:\n{}", self.logs());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -109,9 +89,7 @@ impl Stack {
 
     /// A containerd-client channel to the gateway, as a containerd user would make one.
     pub async fn containerd_channel(&self) -> Channel {
-        containerd_client::connect(&self.socket)
-            .await
-            .expect("containerd_client::connect to the gateway")
+        containerd_client::connect(&self.socket).await.expect("containerd_client::connect to the gateway")
     }
 
     /// PID of berthd itself.
@@ -132,11 +110,7 @@ impl Stack {
             pid = pids.first().copied();
             pids.len() == 1
         });
-        assert!(
-            found,
-            "no {binary} process under berthd; log:\n{}",
-            self.logs()
-        );
+        assert!(found, "no {binary} process under berthd; log:\n{}", self.logs());
         pid.expect("found")
     }
 
@@ -157,13 +131,7 @@ impl Stack {
             Some(path) => Stdio::from(std::fs::File::open(path).expect("stdin file")),
             None => Stdio::null(),
         };
-        Command::new(ctr)
-            .arg("--address")
-            .arg(&self.socket)
-            .args(args)
-            .stdin(input)
-            .output()
-            .expect("run ctr")
+        Command::new(ctr).arg("--address").arg(&self.socket).args(args).stdin(input).output().expect("run ctr")
     }
 
     /// Runs our `berth` CLI against the gateway.
@@ -215,19 +183,10 @@ impl Drop for Stack {
 }
 
 /// Binaries berthd may start.
-const SERVICE_BINARIES: [&str; 6] = [
-    "berth-content",
-    "berth-gateway",
-    "berth-snapshot",
-    "berth-image",
-    "berth-metadata",
-    "berth-execution",
-];
+const SERVICE_BINARIES: [&str; 6] =
+    ["berth-content", "berth-gateway", "berth-snapshot", "berth-image", "berth-metadata", "berth-execution"];
 
 /// PIDs of every service process berthd started.
 fn service_children(berthd: u32) -> Vec<u32> {
-    SERVICE_BINARIES
-        .iter()
-        .flat_map(|name| procs::children_named(berthd, name))
-        .collect()
+    SERVICE_BINARIES.iter().flat_map(|name| procs::children_named(berthd, name)).collect()
 }

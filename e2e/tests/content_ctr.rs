@@ -27,15 +27,7 @@ async fn ctr_content_ingest_ls_get_label_rm() {
 
     let size = data.len().to_string();
     stdout(&stack.ctr_with_stdin(
-        &[
-            "content",
-            "ingest",
-            "--expected-size",
-            &size,
-            "--expected-digest",
-            &digest,
-            "my-ingest",
-        ],
+        &["content", "ingest", "--expected-size", &size, "--expected-digest", &digest, "my-ingest"],
         Some(&input),
     ));
 
@@ -45,21 +37,11 @@ async fn ctr_content_ingest_ls_get_label_rm() {
     assert_eq!(quiet.trim(), digest);
 
     let got = stack.ctr(&["content", "get", &digest]);
-    assert!(
-        got.status.success(),
-        "{}",
-        String::from_utf8_lossy(&got.stderr)
-    );
+    assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
     assert_eq!(got.stdout.len(), data.len());
     assert!(got.stdout == data, "ctr content get returns the same bytes");
 
-    stdout(&stack.ctr(&[
-        "content",
-        "label",
-        &digest,
-        "team=blue",
-        "containerd.io/gc.root=now",
-    ]));
+    stdout(&stack.ctr(&["content", "label", &digest, "team=blue", "containerd.io/gc.root=now"]));
     let labelled = stdout(&stack.ctr(&["content", "ls"]));
     assert!(labelled.contains("team=blue"), "{labelled}");
     let filtered = stdout(&stack.ctr(&["content", "ls", "-q", "labels.team==blue"]));
@@ -67,28 +49,17 @@ async fn ctr_content_ingest_ls_get_label_rm() {
     let none = stdout(&stack.ctr(&["content", "ls", "-q", "labels.team==red"]));
     assert!(none.trim().is_empty(), "{none}");
     stdout(&stack.ctr(&["content", "label", &digest, "team="]));
-    assert!(
-        !stdout(&stack.ctr(&["content", "ls"])).contains("team=blue"),
-        "label removed"
-    );
+    assert!(!stdout(&stack.ctr(&["content", "ls"])).contains("team=blue"), "label removed");
 
     // Another namespace does not see it.
     let other = stdout(&stack.ctr(&["-n", "other", "content", "ls", "-q"]));
     assert!(other.trim().is_empty(), "{other}");
 
     stdout(&stack.ctr(&["content", "rm", &digest]));
-    assert!(
-        stdout(&stack.ctr(&["content", "ls", "-q"]))
-            .trim()
-            .is_empty()
-    );
+    assert!(stdout(&stack.ctr(&["content", "ls", "-q"])).trim().is_empty());
     let gone = stack.ctr(&["content", "get", &digest]);
     assert!(!gone.status.success());
-    assert!(
-        String::from_utf8_lossy(&gone.stderr).contains("not found"),
-        "{}",
-        String::from_utf8_lossy(&gone.stderr)
-    );
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("not found"), "{}", String::from_utf8_lossy(&gone.stderr));
 }
 
 #[tokio::test]
@@ -98,19 +69,9 @@ async fn ctr_content_ingest_rejects_a_wrong_expected_digest() {
     let input = stack.dir.path().join("blob");
     std::fs::write(&input, b"actual bytes").unwrap();
     let wrong = digest_of(b"other bytes");
-    let output = stack.ctr_with_stdin(
-        &["content", "ingest", "--expected-digest", &wrong, "bad"],
-        Some(&input),
-    );
-    assert!(
-        !output.status.success(),
-        "ingest with a wrong digest must fail"
-    );
-    assert!(
-        stdout(&stack.ctr(&["content", "ls", "-q"]))
-            .trim()
-            .is_empty()
-    );
+    let output = stack.ctr_with_stdin(&["content", "ingest", "--expected-digest", &wrong, "bad"], Some(&input));
+    assert!(!output.status.success(), "ingest with a wrong digest must fail");
+    assert!(stdout(&stack.ctr(&["content", "ls", "-q"])).trim().is_empty());
 }
 
 #[tokio::test]
@@ -135,10 +96,7 @@ async fn ctr_content_active_shows_a_writer_mid_stream() {
         listing = stdout(&stack.ctr(&["content", "active"]));
         listing.contains("slow-writer")
     });
-    assert!(
-        seen,
-        "ctr content active lists the ingest while it is written:\n{listing}"
-    );
+    assert!(seen, "ctr content active lists the ingest while it is written:\n{listing}");
 
     drop(stdin);
     let status = writer.wait().unwrap();

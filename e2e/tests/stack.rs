@@ -18,11 +18,7 @@ use futures::StreamExt;
 async fn version_and_plugins_answer_through_the_gateway() {
     let stack = Stack::start().await;
     let channel = stack.containerd_channel().await;
-    let version = VersionClient::new(channel.clone())
-        .version(())
-        .await
-        .unwrap()
-        .into_inner();
+    let version = VersionClient::new(channel.clone()).version(()).await.unwrap().into_inner();
     assert!(!version.version.is_empty());
 
     let plugins = IntrospectionClient::new(channel)
@@ -31,18 +27,11 @@ async fn version_and_plugins_answer_through_the_gateway() {
         .unwrap()
         .into_inner()
         .plugins;
-    let content = plugins
-        .iter()
-        .find(|p| p.id == "content")
-        .expect("content service listed");
+    let content = plugins.iter().find(|p| p.id == "content").expect("content service listed");
     assert!(content.init_err.is_none(), "content is up: {content:?}");
 
     let ctr = stack.ctr(&["version"]);
-    assert!(
-        ctr.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ctr.stderr)
-    );
+    assert!(ctr.status.success(), "{}", String::from_utf8_lossy(&ctr.stderr));
     assert!(String::from_utf8_lossy(&ctr.stdout).contains(&version.version));
 }
 
@@ -51,32 +40,14 @@ async fn a_service_that_is_not_running_is_unavailable_within_a_second() {
     let stack = Stack::start().await;
     let mut snapshots = SnapshotsClient::new(stack.containerd_channel().await);
     let started = Instant::now();
-    let result = snapshots
-        .list(ListSnapshotsRequest {
-            snapshotter: "overlayfs".into(),
-            filters: vec![],
-        })
-        .await;
+    let result = snapshots.list(ListSnapshotsRequest { snapshotter: "overlayfs".into(), filters: vec![] }).await;
     let err = match result {
-        Ok(stream) => stream
-            .into_inner()
-            .next()
-            .await
-            .expect("an item")
-            .expect_err("no snapshot service yet"),
+        Ok(stream) => stream.into_inner().next().await.expect("an item").expect_err("no snapshot service yet"),
         Err(err) => err,
     };
-    assert!(
-        started.elapsed() < Duration::from_millis(1500),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_millis(1500), "took {:?}", started.elapsed());
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
-    assert!(
-        err.message().contains("snapshot"),
-        "names the service: {}",
-        err.message()
-    );
+    assert!(err.message().contains("snapshot"), "names the service: {}", err.message());
 }
 
 #[tokio::test]
@@ -86,18 +57,10 @@ async fn sigterm_stops_every_service_and_removes_sockets() {
     let gateway = stack.wait_service_pid("berth-gateway", Duration::from_secs(5));
     let status = stack.stop().expect("berthd was running");
     assert!(status.success(), "berthd exits 0 on SIGTERM: {status}");
-    assert!(procs::wait_until(Duration::from_secs(5), || !procs::alive(
-        content
-    )
-        && !procs::alive(gateway)));
+    assert!(procs::wait_until(Duration::from_secs(5), || !procs::alive(content) && !procs::alive(gateway)));
     assert!(!stack.socket.exists(), "gateway socket removed");
     let leftovers: Vec<_> = std::fs::read_dir(&stack.state)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "sock"))
-                .collect()
-        })
+        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "sock")).collect())
         .unwrap_or_default();
     assert!(leftovers.is_empty(), "sockets left: {leftovers:?}");
 }
@@ -117,10 +80,7 @@ async fn a_second_berthd_on_a_live_socket_refuses_to_start() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("listening") || stderr.contains("in use"),
-        "says why: {stderr}"
-    );
+    assert!(stderr.contains("listening") || stderr.contains("in use"), "says why: {stderr}");
     // The first stack is unharmed.
     assert!(stack.ctr(&["version"]).status.success());
 }
@@ -150,9 +110,6 @@ async fn an_unwritable_root_is_a_clear_error() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains(&root.display().to_string()),
-        "names the root: {stderr}"
-    );
+    assert!(stderr.contains(&root.display().to_string()), "names the root: {stderr}");
     assert!(!dir.path().join("berth.sock").exists());
 }

@@ -19,27 +19,19 @@ pub enum Address {
 impl Address {
     /// Parses an address as written on a command line.
     pub fn parse(text: &str) -> Result<Self, String> {
-        if let Some(path) = text
-            .strip_prefix("unix://")
-            .or_else(|| text.strip_prefix("unix:"))
-        {
+        if let Some(path) = text.strip_prefix("unix://").or_else(|| text.strip_prefix("unix:")) {
             return Ok(Address::Unix(PathBuf::from(path)));
         }
         if text.starts_with('/') || text.starts_with('.') {
             return Ok(Address::Unix(PathBuf::from(text)));
         }
-        if let Some(rest) = text
-            .strip_prefix("http://")
-            .or_else(|| text.strip_prefix("tcp://"))
-        {
+        if let Some(rest) = text.strip_prefix("http://").or_else(|| text.strip_prefix("tcp://")) {
             return Ok(Address::Tcp(rest.to_string()));
         }
         if text.contains(':') {
             return Ok(Address::Tcp(text.to_string()));
         }
-        Err(format!(
-            "address {text:?} is neither a unix socket path (/path or unix:///path) nor host:port"
-        ))
+        Err(format!("address {text:?} is neither a unix socket path (/path or unix:///path) nor host:port"))
     }
 }
 
@@ -88,18 +80,9 @@ mod tests {
 
     #[test]
     fn parses_addresses() {
-        assert_eq!(
-            Address::parse("/run/a.sock").unwrap(),
-            Address::Unix("/run/a.sock".into())
-        );
-        assert_eq!(
-            Address::parse("unix:///run/a.sock").unwrap(),
-            Address::Unix("/run/a.sock".into())
-        );
-        assert_eq!(
-            Address::parse("127.0.0.1:80").unwrap(),
-            Address::Tcp("127.0.0.1:80".into())
-        );
+        assert_eq!(Address::parse("/run/a.sock").unwrap(), Address::Unix("/run/a.sock".into()));
+        assert_eq!(Address::parse("unix:///run/a.sock").unwrap(), Address::Unix("/run/a.sock".into()));
+        assert_eq!(Address::parse("127.0.0.1:80").unwrap(), Address::Tcp("127.0.0.1:80".into()));
         assert!(Address::parse("nonsense").is_err());
     }
 }

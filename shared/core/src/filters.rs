@@ -79,11 +79,8 @@ pub struct AnyOf(pub Vec<Filter>);
 
 impl AnyOf {
     pub fn parse(filters: &[String]) -> Result<Self, ParseError> {
-        let parsed = filters
-            .iter()
-            .filter(|f| !f.trim().is_empty())
-            .map(|f| parse(f))
-            .collect::<Result<Vec<_>, _>>()?;
+        let parsed =
+            filters.iter().filter(|f| !f.trim().is_empty()).map(|f| parse(f)).collect::<Result<Vec<_>, _>>()?;
         Ok(AnyOf(parsed))
     }
 
@@ -94,19 +91,11 @@ impl AnyOf {
 
 /// Parses one filter string.
 pub fn parse(input: &str) -> Result<Filter, ParseError> {
-    Parser {
-        input,
-        chars: input.char_indices().collect(),
-        index: 0,
-    }
-    .filter()
+    Parser { input, chars: input.char_indices().collect(), index: 0 }.filter()
 }
 
 /// Looks up `labels.<key>` in a label map: the key is the rest of the field path joined by dots.
-pub fn label_field(
-    labels: &std::collections::HashMap<String, String>,
-    rest: &[String],
-) -> Option<String> {
+pub fn label_field(labels: &std::collections::HashMap<String, String>, rest: &[String]) -> Option<String> {
     if rest.is_empty() {
         return None;
     }
@@ -121,15 +110,8 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn error(&self, problem: impl Into<String>) -> ParseError {
-        let position = self
-            .chars
-            .get(self.index)
-            .map_or(self.input.len(), |(p, _)| *p);
-        ParseError {
-            input: self.input.to_string(),
-            position,
-            problem: problem.into(),
-        }
+        let position = self.chars.get(self.index).map_or(self.input.len(), |(p, _)| *p);
+        ParseError { input: self.input.to_string(), position, problem: problem.into() }
     }
 
     fn peek(&self) -> Option<char> {
@@ -176,10 +158,7 @@ impl Parser<'_> {
             }
         };
         let Some(operator) = operator else {
-            return Ok(Selector {
-                fieldpath,
-                operator: Operator::Present,
-            });
+            return Ok(Selector { fieldpath, operator: Operator::Present });
         };
         self.index += 2;
         self.skip_spaces();
@@ -196,10 +175,7 @@ impl Parser<'_> {
                 }
             },
         };
-        Ok(Selector {
-            fieldpath,
-            operator,
-        })
+        Ok(Selector { fieldpath, operator })
     }
 
     fn field(&mut self) -> Result<String, ParseError> {
@@ -207,10 +183,7 @@ impl Parser<'_> {
             Some('"') | Some('/') => self.quoted(),
             Some(c) if c.is_ascii_alphanumeric() || c == '_' => {
                 let mut field = String::new();
-                while let Some(c) = self
-                    .peek()
-                    .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-                {
+                while let Some(c) = self.peek().filter(|c| c.is_ascii_alphanumeric() || *c == '_') {
                     field.push(c);
                     self.index += 1;
                 }
@@ -298,14 +271,8 @@ mod tests {
     }
 
     fn object() -> Object {
-        let labels = [
-            ("a.b".to_string(), "v".to_string()),
-            ("plain".to_string(), "x y".to_string()),
-        ];
-        Object {
-            name: "sha256:abc",
-            labels: labels.into_iter().collect(),
-        }
+        let labels = [("a.b".to_string(), "v".to_string()), ("plain".to_string(), "x y".to_string())];
+        Object { name: "sha256:abc", labels: labels.into_iter().collect() }
     }
 
     #[test]
@@ -343,12 +310,7 @@ mod tests {
         assert!(err.to_string().contains("operator"), "{err}");
         assert!(parse("name==").is_err());
         assert!(parse(r#"labels."unterminated"#).is_err());
-        assert!(
-            parse("name~=(")
-                .unwrap_err()
-                .to_string()
-                .contains("regular expression")
-        );
+        assert!(parse("name~=(").unwrap_err().to_string().contains("regular expression"));
         assert!(parse(",").is_err());
     }
 }

@@ -10,9 +10,7 @@ pub const MAX_LENGTH: usize = 76;
 /// The error is InvalidArgument and names `what` (e.g. "namespace") and the offending value.
 pub fn validate(what: &str, id: &str) -> Result<(), Status> {
     if id.is_empty() {
-        return Err(Status::invalid_argument(format!(
-            "{what}: identifier must not be empty"
-        )));
+        return Err(Status::invalid_argument(format!("{what}: identifier must not be empty")));
     }
     if id.len() > MAX_LENGTH {
         return Err(Status::invalid_argument(format!(
@@ -33,9 +31,7 @@ pub fn validate(what: &str, id: &str) -> Result<(), Status> {
         previous_was_separator = separator;
     }
     if previous_was_separator {
-        return Err(Status::invalid_argument(format!(
-            "{what}: identifier {id:?} must not end with a separator"
-        )));
+        return Err(Status::invalid_argument(format!("{what}: identifier {id:?} must not end with a separator")));
     }
     Ok(())
 }
@@ -53,17 +49,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_identifiers() {
-        for id in [
-            "",
-            "-a",
-            "a-",
-            "a..b",
-            "a/b",
-            "ä",
-            "a b",
-            &"x".repeat(77),
-            "..",
-        ] {
+        for id in ["", "-a", "a-", "a..b", "a/b", "ä", "a b", &"x".repeat(77), ".."] {
             let err = validate("id", id).expect_err(id);
             assert_eq!(err.code(), tonic::Code::InvalidArgument, "{id}");
         }

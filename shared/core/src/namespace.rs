@@ -14,9 +14,8 @@ pub fn from_metadata(metadata: &MetadataMap) -> Result<String, Status> {
     let Some(value) = metadata.get(METADATA_KEY) else {
         return Ok(DEFAULT.to_string());
     };
-    let namespace = value.to_str().map_err(|_| {
-        Status::invalid_argument("namespace: containerd-namespace is not valid ASCII")
-    })?;
+    let namespace =
+        value.to_str().map_err(|_| Status::invalid_argument("namespace: containerd-namespace is not valid ASCII"))?;
     crate::identifiers::validate("namespace", namespace)?;
     Ok(namespace.to_string())
 }

@@ -26,8 +26,7 @@ fn backend(err: impl std::fmt::Display) -> StoreError {
 impl Embedded {
     /// Opens (creating when missing) the database file at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path)
-            .map_err(|e| StoreError::Backend(format!("open {}: {e}", path.display())))?;
+        let db = Database::create(path).map_err(|e| StoreError::Backend(format!("open {}: {e}", path.display())))?;
         let txn = db.begin_write().map_err(backend)?;
         {
             txn.open_table(RECORDS).map_err(backend)?;
@@ -89,9 +88,7 @@ impl Embedded {
             let mut table = write.open_table(RECORDS).map_err(backend)?;
             for compare in &txn.compares {
                 let (key, holds) = match compare {
-                    Compare::Absent(key) => {
-                        (key, table.get(key.as_str()).map_err(backend)?.is_none())
-                    }
+                    Compare::Absent(key) => (key, table.get(key.as_str()).map_err(backend)?.is_none()),
                     Compare::Revision(key, want) => {
                         let current = table.get(key.as_str()).map_err(backend)?;
                         let current = current.map(|v| Self::decode(key, v.value())).transpose()?;
@@ -99,17 +96,11 @@ impl Embedded {
                     }
                 };
                 if !holds {
-                    return Err(StoreError::Conflict(format!(
-                        "{key} was changed concurrently"
-                    )));
+                    return Err(StoreError::Conflict(format!("{key} was changed concurrently")));
                 }
             }
             let mut meta = write.open_table(META).map_err(backend)?;
-            let revision = meta
-                .get("revision")
-                .map_err(backend)?
-                .map_or(0, |v| v.value())
-                + 1;
+            let revision = meta.get("revision").map_err(backend)?.map_or(0, |v| v.value()) + 1;
             meta.insert("revision", revision).map_err(backend)?;
             for op in &txn.ops {
                 match op {
@@ -117,9 +108,7 @@ impl Embedded {
                         let mut raw = Vec::with_capacity(8 + value.len());
                         raw.extend_from_slice(&revision.to_be_bytes());
                         raw.extend_from_slice(value);
-                        table
-                            .insert(key.as_str(), raw.as_slice())
-                            .map_err(backend)?;
+                        table.insert(key.as_str(), raw.as_slice()).map_err(backend)?;
                     }
                     Op::Delete(key) => {
                         table.remove(key.as_str()).map_err(backend)?;
@@ -135,22 +124,16 @@ impl Embedded {
 impl Store for Embedded {
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         let (this, key) = (self.clone(), key.to_string());
-        tokio::task::spawn_blocking(move || this.get_blocking(&key))
-            .await
-            .map_err(backend)?
+        tokio::task::spawn_blocking(move || this.get_blocking(&key)).await.map_err(backend)?
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
         let (this, prefix) = (self.clone(), prefix.to_string());
-        tokio::task::spawn_blocking(move || this.list_blocking(&prefix))
-            .await
-            .map_err(backend)?
+        tokio::task::spawn_blocking(move || this.list_blocking(&prefix)).await.map_err(backend)?
     }
 
     async fn commit(&self, txn: Txn) -> Result<(), StoreError> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.commit_blocking(txn))
-            .await
-            .map_err(backend)?
+        tokio::task::spawn_blocking(move || this.commit_blocking(txn)).await.map_err(backend)?
     }
 }

@@ -6,11 +6,16 @@
 //! opaque bytes; each service encodes its own records.
 
 mod embedded;
+mod etcd;
+mod open;
+pub mod testing;
 
 use async_trait::async_trait;
 use thiserror::Error;
 
 pub use embedded::Embedded;
+pub use etcd::Etcd;
+pub use open::Backend;
 
 /// Version of the key layout; recorded by each backend so a future layout change can migrate.
 pub const SCHEMA_VERSION: u64 = 1;

@@ -21,10 +21,9 @@ struct HeaderInjector<'a>(&'a mut http::HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(key.as_bytes()),
-            http::HeaderValue::from_str(&value),
-        ) {
+        if let (Ok(name), Ok(value)) =
+            (http::HeaderName::from_bytes(key.as_bytes()), http::HeaderValue::from_str(&value))
+        {
             self.0.insert(name, value);
         }
     }
@@ -37,9 +36,7 @@ pub fn extract(headers: &http::HeaderMap) -> opentelemetry::Context {
 
 /// Writes `cx` into `headers` as `traceparent`/`tracestate`.
 pub fn inject(cx: &opentelemetry::Context, headers: &mut http::HeaderMap) {
-    opentelemetry::global::get_text_map_propagator(|p| {
-        p.inject_context(cx, &mut HeaderInjector(headers))
-    });
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(cx, &mut HeaderInjector(headers)));
 }
 
 /// Writes the current span's context into `headers`.
@@ -71,10 +68,7 @@ impl<S> tower::Layer<S> for ServerLayer {
     type Service = ServerTrace<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ServerTrace {
-            inner,
-            service: self.service,
-        }
+        ServerTrace { inner, service: self.service }
     }
 }
 
@@ -142,17 +136,12 @@ mod tests {
 
     #[test]
     fn traceparent_round_trips_through_headers() {
-        opentelemetry::global::set_text_map_propagator(
-            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-        );
+        opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
         let mut headers = http::HeaderMap::new();
         let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         headers.insert("traceparent", parent.parse().unwrap());
         let cx = extract(&headers);
-        assert_eq!(
-            cx.span().span_context().trace_id().to_string(),
-            "4bf92f3577b34da6a3ce929d0e0e4736"
-        );
+        assert_eq!(cx.span().span_context().trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
 
         let mut out = http::HeaderMap::new();
         inject(&cx, &mut out);
