@@ -1,1 +1,5 @@
-fn main() {}
+//! `berth`: the command line client for berth, shaped like containerd's `ctr`.
+
+fn main() -> std::process::ExitCode {
+    berth_cli::main()
+}
