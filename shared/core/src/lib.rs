@@ -5,4 +5,5 @@ pub mod connect;
 pub mod filters;
 pub mod identifiers;
 pub mod labels;
+pub mod listen;
 pub mod namespace;
