@@ -1,0 +1,83 @@
+//! `berth-content --root DIR --listen SOCK [--metadata local]`: the content service alone.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use berth_content::{ContentService, ContentStore, server};
+use berth_store::{Backend, Embedded};
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// How long open calls (a Write stream, say) may take to finish after SIGTERM/SIGINT.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// containerd's content service (blobs and ingests) on a unix socket.
+#[derive(Parser, Debug)]
+#[command(name = "berth-content", version)]
+struct Args {
+    /// Directory holding blobs/, ingest/ and content.redb.
+    #[arg(long)]
+    root: PathBuf,
+    /// Unix socket to serve gRPC on.
+    #[arg(long)]
+    listen: PathBuf,
+    /// Where the records live: `local` (a redb file under --root).
+    #[arg(long, default_value = "local")]
+    metadata: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _telemetry = berth_telemetry::init("berth-content");
+
+    match Backend::parse(&args.metadata).map_err(anyhow::Error::msg)? {
+        Backend::Local => {}
+        Backend::Etcd { .. } => bail!(
+            "--metadata {}: berth-content supports only `local` for now; etcd (with cross-replica ref locks) comes later",
+            args.metadata
+        ),
+    }
+    std::fs::create_dir_all(&args.root).with_context(|| format!("create {}", args.root.display()))?;
+    let database = args.root.join("content.redb");
+    let records = Embedded::open(&database).with_context(|| format!("open {}", database.display()))?;
+    let store = ContentStore::open(&args.root, Arc::new(records))
+        .with_context(|| format!("open the content store in {}", args.root.display()))?;
+    let listener = server::bind(&args.listen).await?;
+    tracing::info!(root = %args.root.display(), listen = %args.listen.display(), "berth-content serving");
+
+    let mut terminate = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let shutdown = {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    };
+    let serving = server::serve(listener, ContentService::new(store), shutdown);
+    tokio::pin!(serving);
+    let result = tokio::select! {
+        result = &mut serving => result,
+        _ = async {
+            tokio::select! {
+                _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+                _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
+            }
+            let _ = stop.send(true);
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        } => {
+            tracing::warn!("open calls did not finish within {DRAIN_TIMEOUT:?}; stopping anyway");
+            Ok(())
+        }
+    };
+    // Ingests need no flushing: every acknowledged write is in the kernel already.
+    if let Err(e) = std::fs::remove_file(&args.listen) {
+        tracing::warn!(error = %e, socket = %args.listen.display(), "could not remove the socket");
+    }
+    result?;
+    tracing::info!("berth-content stopped");
+    Ok(())
+}
