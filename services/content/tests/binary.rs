@@ -85,7 +85,7 @@ async fn serves_on_a_private_socket_refuses_a_second_server_and_stops_on_sigterm
     let second = spawn(&dir.path().join("root2"), &socket, &[]);
     let second = tokio::task::spawn_blocking(move || second.wait_with_output()).await.unwrap().unwrap();
     assert!(!second.status.success(), "a live server is not replaced");
-    assert!(String::from_utf8_lossy(&second.stderr).contains("already listening"));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("another server is listening"));
     assert_eq!(read_all(&mut client, "default", &digest).await.unwrap(), b"served", "first still serves");
     drop(client);
 
