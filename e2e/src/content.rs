@@ -33,11 +33,20 @@ pub fn write(reference: &str, offset: i64, data: &[u8]) -> WriteContentRequest {
     }
 }
 
-/// A COMMIT expecting `total` bytes with `digest`.
+/// A COMMIT of an ingest holding `total` bytes, expecting `digest`.
+///
+/// Like containerd's client it carries the current offset: containerd treats a COMMIT at
+/// offset 0 as a restart of the ingest.
 pub fn commit(reference: &str, total: i64, digest: &str) -> WriteContentRequest {
+    commit_at(reference, total, total, digest)
+}
+
+/// A COMMIT sent at `offset` that expects `total` bytes with `digest`.
+pub fn commit_at(reference: &str, offset: i64, total: i64, digest: &str) -> WriteContentRequest {
     WriteContentRequest {
         action: WriteAction::Commit as i32,
         r#ref: reference.into(),
+        offset,
         total,
         expected: digest.into(),
         ..Default::default()

@@ -83,6 +83,7 @@ async fn bad_input_is_refused_and_damages_nothing() {
     let request = WriteContentRequest {
         action: 2,
         r#ref: "labelled".into(),
+        offset: 8,
         total: 8,
         expected: digest_of(b"labelled"),
         labels: huge.clone(),

@@ -1,7 +1,7 @@
 //! Every rule of containerd's content Write protocol, through the gateway, driven by the
 //! `containerd-client` crate exactly as a containerd user would.
 
-use berth_e2e::content::{Writer, commit, info, ingest, read_all, stat, status_offset, write};
+use berth_e2e::content::{Writer, commit, commit_at, info, ingest, read_all, stat, status_offset, write};
 use berth_e2e::{Stack, digest_of, random_bytes};
 use containerd_client::services::v1::content_client::ContentClient;
 use tonic::Code;
@@ -98,7 +98,8 @@ async fn size_mismatch_on_commit_fails_and_leaves_no_blob() {
     let data = b"twelve bytes";
     let (mut writer, _) = Writer::open(&mut client, NS, stat("size")).await.unwrap();
     writer.send(write("size", 0, data)).await.unwrap();
-    let err = writer.send(commit("size", data.len() as i64 + 1, &digest_of(data))).await.unwrap_err();
+    let err =
+        writer.send(commit_at("size", data.len() as i64, data.len() as i64 + 1, &digest_of(data))).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     let missing = info(&mut client, NS, &digest_of(data)).await.unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);

@@ -23,8 +23,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in &protos {
         println!("cargo:rerun-if-changed={}", proto.display());
     }
-    tonic_prost_build::configure()
-        .include_file("berth_api.rs")
-        .compile_protos(&protos, &[root])?;
+    tonic_prost_build::configure().include_file("berth_api.rs").compile_protos(&protos, &[root])?;
     Ok(())
 }
