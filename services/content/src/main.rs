@@ -1,12 +1,11 @@
 //! `berth-content --root DIR --listen SOCK [--metadata local]`: the content service alone.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use berth_content::{ContentService, ContentStore, server};
-use berth_store::{Backend, Embedded};
+use berth_store::Backend;
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -33,17 +32,14 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _telemetry = berth_telemetry::init("berth-content");
 
-    match Backend::parse(&args.metadata).map_err(anyhow::Error::msg)? {
-        Backend::Local => {}
-        Backend::Etcd { .. } => bail!(
-            "--metadata {}: berth-content supports only `local` for now; etcd (with cross-replica ref locks) comes later",
-            args.metadata
-        ),
-    }
+    let backend = Backend::parse(&args.metadata).map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&args.root).with_context(|| format!("create {}", args.root.display()))?;
-    let database = args.root.join("content.redb");
-    let records = Embedded::open(&database).with_context(|| format!("open {}", database.display()))?;
-    let store = ContentStore::open(&args.root, Arc::new(records))
+    // Local records go to ROOT/content.redb; on etcd under PREFIX/content/.
+    let records = backend
+        .open("content", &args.root)
+        .await
+        .with_context(|| format!("open the content records ({})", args.metadata))?;
+    let store = ContentStore::open(&args.root, records)
         .with_context(|| format!("open the content store in {}", args.root.display()))?;
     let listener = server::bind(&args.listen).await?;
     tracing::info!(root = %args.root.display(), listen = %args.listen.display(), "berth-content serving");
