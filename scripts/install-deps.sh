@@ -10,6 +10,11 @@ packages=(
   etcd-server         # the shared metadata backend (store conformance tests)
   pkg-config
   gcc
+  docker-registry     # offline test registry (e2e fixtures: pull/push tests)
+  skopeo              # copies test images between OCI layouts, archives and the registry
+  umoci               # builds the offline test images (OCI layouts)
+  busybox-static      # the static binary inside the test images
+  crun                # second OCI runtime for execution tests
 )
 
 missing=()

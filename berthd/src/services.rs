@@ -59,19 +59,31 @@ pub enum PlanError {
          pass --metadata etcd://HOST:PORT or run one replica"
     )]
     ReplicasNeedEtcd(u32),
-    #[error(
-        "--content-replicas {0}: replicas need ref locks shared between processes, which berth-content \
-         does not have yet; run one replica"
-    )]
-    ReplicasNeedSharedLocks(u32),
     #[error("--content-replicas must be at least 1")]
     NoReplicas,
     #[error("{0} not found: berthd starts the gateway from its own directory; build or install berth-gateway there")]
     NoGateway(PathBuf),
 }
 
-/// Whether content may run as several replicas (needs cross-replica ref locks on etcd).
-const ALLOW_CONTENT_REPLICAS: bool = false;
+/// A service whose binary is there: where each of its instances will listen.
+struct Present {
+    service: &'static str,
+    program: PathBuf,
+    /// (process name, socket) per replica.
+    instances: Vec<(String, PathBuf)>,
+}
+
+/// The peers each service calls directly (on their own sockets, not through the gateway).
+/// A service not listed here takes no `--peer` flags.
+fn peers_of(service: &str) -> &'static [&'static str] {
+    match service {
+        // Namespace deletes and garbage collection ask what the others hold.
+        "metadata" => &["content", "snapshot", "image"],
+        // Events, implicit namespaces and lease resources go to metadata.
+        "content" | "snapshot" => &["metadata"],
+        _ => &[],
+    }
+}
 
 /// Works out the processes to start from `options`, with binaries looked up in `bin_dir`.
 pub fn plan(options: &Options, bin_dir: &Path) -> Result<Plan, PlanError> {
@@ -84,8 +96,6 @@ pub fn plan(options: &Options, bin_dir: &Path) -> Result<Plan, PlanError> {
         0 => return Err(PlanError::NoReplicas),
         1 => {}
         n if local => return Err(PlanError::ReplicasNeedEtcd(n)),
-        // Until then two replicas could both take a writer on one ref and corrupt its ingest.
-        n if !ALLOW_CONTENT_REPLICAS => return Err(PlanError::ReplicasNeedSharedLocks(n)),
         _ => {}
     }
     let gateway_program = bin_dir.join("berth-gateway");
@@ -93,9 +103,9 @@ pub fn plan(options: &Options, bin_dir: &Path) -> Result<Plan, PlanError> {
         return Err(PlanError::NoGateway(gateway_program));
     }
 
-    let mut services = Vec::new();
+    // First where every service will listen, then each one's command line (which names its peers).
     let mut skipped = Vec::new();
-    let mut backends = Vec::new();
+    let mut present: Vec<Present> = Vec::new();
     for &service in SERVICES {
         let program = bin_dir.join(format!("berth-{service}"));
         if !program.is_file() {
@@ -108,10 +118,22 @@ pub fn plan(options: &Options, bin_dir: &Path) -> Result<Plan, PlanError> {
         } else {
             (0..replicas).map(|i| format!("{service}-{i}")).collect()
         };
-        let mut sockets = Vec::new();
-        for name in names {
+        let instances = names.into_iter().map(|name| {
             let socket = options.state.join(format!("{name}.sock"));
-            let args = vec![
+            (name, socket)
+        });
+        present.push(Present { service, program, instances: instances.collect() });
+    }
+    let addresses = |service: &str| -> Option<String> {
+        let found = present.iter().find(|p| p.service == service)?;
+        Some(found.instances.iter().map(|(_, socket)| socket.display().to_string()).collect::<Vec<_>>().join(","))
+    };
+
+    let mut services = Vec::new();
+    let mut backends = Vec::new();
+    for Present { service, program, instances } in &present {
+        for (name, socket) in instances {
+            let mut args = vec![
                 "--root".into(),
                 options.root.join(service).into_os_string(),
                 "--listen".into(),
@@ -119,10 +141,14 @@ pub fn plan(options: &Options, bin_dir: &Path) -> Result<Plan, PlanError> {
                 "--metadata".into(),
                 options.metadata.clone().into(),
             ];
-            sockets.push(socket.display().to_string());
-            services.push(Process { name, program: program.clone(), args, socket });
+            for peer in peers_of(service) {
+                if let Some(addresses) = addresses(peer) {
+                    args.extend(["--peer".into(), format!("{peer}={addresses}").into()]);
+                }
+            }
+            services.push(Process { name: name.clone(), program: program.clone(), args, socket: socket.clone() });
         }
-        backends.push(format!("{service}={}", sockets.join(",")));
+        backends.push(format!("{service}={}", addresses(service).unwrap_or_default()));
     }
     let mut args: Vec<OsString> = vec!["--address".into(), options.address.clone().into_os_string()];
     if let Some(tcp) = &options.tcp {
@@ -175,8 +201,19 @@ mod tests {
         assert_eq!(content.program, bin.path().join("berth-content"));
         assert_eq!(
             strings(&content.args),
-            ["--root", "/var/lib/berth/content", "--listen", "/run/berth/content.sock", "--metadata", "local"]
+            [
+                "--root",
+                "/var/lib/berth/content",
+                "--listen",
+                "/run/berth/content.sock",
+                "--metadata",
+                "local",
+                "--peer",
+                "metadata=/run/berth/metadata.sock"
+            ]
         );
+        // Each is told where its peers are (only the ones that run: no snapshot, no image).
+        assert_eq!(strings(&plan.services[1].args)[6..], ["--peer", "content=/run/berth/content.sock"]);
         assert_eq!(
             strings(&plan.gateway.args),
             [
@@ -197,11 +234,8 @@ mod tests {
         assert_eq!(plan(&options("local", 2), bin.path()).unwrap_err(), PlanError::ReplicasNeedEtcd(2));
         assert_eq!(plan(&options("local", 0), bin.path()).unwrap_err(), PlanError::NoReplicas);
 
+        // berth-content shares its ref locks through etcd, so replicas on etcd are allowed.
         let mut opts = options("etcd://127.0.0.1:2379", 2);
-        if !ALLOW_CONTENT_REPLICAS {
-            assert_eq!(plan(&opts, bin.path()).unwrap_err(), PlanError::ReplicasNeedSharedLocks(2));
-            return;
-        }
         opts.tcp = Some("127.0.0.1:7000".into());
         let plan = plan(&opts, bin.path()).unwrap();
         let names: Vec<&str> = plan.services.iter().map(|p| p.name.as_str()).collect();

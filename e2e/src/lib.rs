@@ -6,8 +6,10 @@
 //! checked with [`require_tool`], which fails the test with a message naming what is missing.
 
 pub mod content;
+pub mod images;
 pub mod peers;
 pub mod procs;
+pub mod registry;
 pub mod stack;
 
 pub use stack::Stack;

@@ -23,6 +23,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in &protos {
         println!("cargo:rerun-if-changed={}", proto.display());
     }
-    tonic_prost_build::configure().include_file("berth_api.rs").compile_protos(&protos, &[root])?;
+    // `prost::Name` gives each message its full name, which typed `Any` values (events) need.
+    let mut config = tonic_prost_build::Config::new();
+    config.enable_type_names();
+    tonic_prost_build::configure().include_file("berth_api.rs").compile_with_config(config, &protos, &[root])?;
     Ok(())
 }

@@ -13,10 +13,10 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
@@ -34,6 +34,9 @@ const META: &str = "meta";
 const TEMP_MARK: &str = ".tmp";
 /// Read size when re-hashing `data` on resume.
 const REHASH_CHUNK: usize = 4 << 20;
+/// Temporary files younger than this are left alone at start: they may belong to a create,
+/// remove or meta update in progress on another replica sharing the directory.
+const LEFTOVER_AGE: Duration = Duration::from_secs(60);
 
 /// Checks a client-chosen ref. Refs are hashed before they become paths, so only emptiness,
 /// NUL (the separator in the hash input) and absurd lengths are refused.
@@ -52,6 +55,15 @@ pub fn validate_ref(reference: &str) -> Result<()> {
         return Err(Error::InvalidArgument(format!("ref {reference:?} must not contain NUL")));
     }
     Ok(())
+}
+
+/// Names the ingest of `reference` in `namespace`: its directory, and its lock across replicas.
+pub fn ingest_id(namespace: &str, reference: &str) -> String {
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(namespace.as_bytes());
+    hasher.update([0u8]);
+    hasher.update(reference.as_bytes());
+    hex::encode(hasher.finalize())
 }
 
 /// What `meta` holds.
@@ -102,6 +114,9 @@ impl Ingests {
             let name = entry.file_name();
             let name = name.to_string_lossy();
             let reason = if name.contains(TEMP_MARK) {
+                if !is_leftover(&path) {
+                    continue;
+                }
                 Some("interrupted create or abort")
             } else if !path.is_dir() {
                 Some("not an ingest directory")
@@ -111,7 +126,7 @@ impl Ingests {
                 Some("data already committed or missing")
             } else {
                 let stale_meta = path.join(format!("{META}{TEMP_MARK}"));
-                if stale_meta.exists() {
+                if stale_meta.exists() && is_leftover(&stale_meta) {
                     fs::remove_file(&stale_meta)
                         .map_err(|e| Error::io(format!("remove {}", stale_meta.display()), e))?;
                 }
@@ -126,11 +141,7 @@ impl Ingests {
     }
 
     fn dir_of(&self, namespace: &str, reference: &str) -> PathBuf {
-        let mut hasher = sha2::Sha256::new();
-        hasher.update(namespace.as_bytes());
-        hasher.update([0u8]);
-        hasher.update(reference.as_bytes());
-        self.dir.join(hex::encode(hasher.finalize()))
+        self.dir.join(ingest_id(namespace, reference))
     }
 
     /// Status of the ingest `reference` in `namespace`; `None` when there is none.
@@ -337,11 +348,26 @@ impl Ingest {
     }
 
     /// Makes `data` durable and returns its path, digest and size for the commit.
+    ///
+    /// NotFound when the ingest is not this one any more: an Abort (on another replica,
+    /// which cannot tell this writer) removed it, and `data` is no longer the open file.
     pub fn finish(&mut self) -> Result<(PathBuf, Digest, u64)> {
         let path = self.dir.join(DATA);
         // fdatasync: the data and the length are what a reader of the blob needs.
         self.file.sync_data().map_err(|e| Error::io(format!("fsync {}", path.display()), e))?;
-        let length = self.file.metadata().map_err(|e| Error::io(format!("stat {}", path.display()), e))?.len();
+        let open = self.file.metadata().map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
+        let named = match fs::metadata(&path) {
+            Ok(named) => Some(named),
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(format!("stat {}", path.display()), e)),
+        };
+        if named.is_none_or(|named| (named.dev(), named.ino()) != (open.dev(), open.ino())) {
+            return Err(Error::NotFound(format!(
+                "ref {}: ingest was aborted in namespace {}",
+                self.meta.reference, self.meta.namespace
+            )));
+        }
+        let length = open.len();
         if length != self.offset {
             return Err(Error::Internal(format!(
                 "{} is {length} bytes long but {} were written",
@@ -356,6 +382,13 @@ impl Ingest {
     pub fn remove(self) -> Result<()> {
         remove_path(&self.dir)
     }
+}
+
+/// Whether a temporary file or directory is old enough to be nobody's work in progress.
+fn is_leftover(path: &Path) -> bool {
+    let modified = fs::symlink_metadata(path).and_then(|meta| meta.modified());
+    // Unknown age (or gone already): leave it; the next start looks again.
+    modified.is_ok_and(|modified| modified.elapsed().is_ok_and(|age| age >= LEFTOVER_AGE))
 }
 
 fn status_of(dir: &Path) -> Result<(Meta, Status)> {
@@ -528,12 +561,20 @@ mod tests {
         let committed = ingests.open_ingest("ns", "committed").unwrap();
         fs::remove_file(committed.dir.join(DATA)).unwrap();
         let dir = root.path().join("ingest");
-        fs::create_dir(dir.join(format!("abc{TEMP_MARK}-create-1-1"))).unwrap();
+        let old = dir.join(format!("abc{TEMP_MARK}-create-1-1"));
+        fs::create_dir(&old).unwrap();
+        File::open(&old).unwrap().set_modified(SystemTime::now() - LEFTOVER_AGE * 2).unwrap();
+        // Another replica's create in progress.
+        let fresh = dir.join(format!("def{TEMP_MARK}-create-1-1"));
+        fs::create_dir(&fresh).unwrap();
         fs::create_dir(dir.join("nometa")).unwrap();
         fs::write(dir.join("stray-file"), b"x").unwrap();
 
         let ingests = Ingests::open(root.path()).unwrap();
-        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "only the live ingest remains");
+        let mut left: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        left.retain(|path| *path != fresh);
+        assert_eq!(left.len(), 1, "only the live ingest and a fresh temp dir remain: {left:?}");
+        assert!(fresh.exists());
         assert_eq!(ingests.status("ns", "kept").unwrap().unwrap().offset, 4);
         assert!(ingests.status("ns", "committed").unwrap().is_none());
     }

@@ -4,6 +4,13 @@
 //! has a record of (records in the metadata store). Ingests (resumable partial writes) live
 //! under `root/ingest/` and survive restarts.
 //!
+//! Replicas: with records on etcd, several processes may serve one root. What makes that
+//! safe: one writer per ref across processes (an etcd lease lock held for the Write stream,
+//! checked before every change), commits and deletes of one digest serialized the same way,
+//! blobs moved into place by atomic renames of verified data, records changed only by
+//! compare-and-swap, and start-up cleaning that leaves young temporary files alone (see
+//! [`locks`], [`writer`], [`ingest`]).
+//!
 //! - [`store::ContentStore`] is the logic (no gRPC types), built from [`blobs`], [`ingest`],
 //!   [`records`], [`locks`] and the Write rules in [`writer`];
 //! - [`service::ContentService`] adapts it to the generated tonic server;

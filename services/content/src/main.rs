@@ -1,4 +1,7 @@
-//! `berth-content --root DIR --listen SOCK [--metadata local]`: the content service alone.
+//! `berth-content --root DIR --listen SOCK [--metadata local|etcd://...]`: the content service alone.
+//!
+//! With etcd, several processes may serve one --root (replicas): they share records and
+//! ingest/digest locks through etcd (see `berth_content::locks`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,9 +25,14 @@ struct Args {
     /// Unix socket to serve gRPC on.
     #[arg(long)]
     listen: PathBuf,
-    /// Where the records live: `local` (a redb file under --root).
+    /// Where the records and locks live: `local` (a redb file under --root, one process), or
+    /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX][?lock-ttl=SECONDS]` (shared by replicas).
     #[arg(long, default_value = "local")]
     metadata: String,
+    /// A peer service, NAME=ADDRESS[,ADDRESS]: with `metadata`, content publishes its events
+    /// there, registers the namespaces it writes in and adds leased writes to their leases.
+    #[arg(long = "peer")]
+    peers: Vec<String>,
 }
 
 #[tokio::main]
@@ -53,7 +61,8 @@ async fn main() -> anyhow::Result<()> {
             let _ = stopped.wait_for(|stop| *stop).await;
         }
     };
-    let serving = server::serve(listener, ContentService::new(store), shutdown);
+    let peers = berth_peers::Peers::parse(&args.peers)?;
+    let serving = server::serve(listener, ContentService::new(store).with_peers(&peers), shutdown);
     tokio::pin!(serving);
     let result = tokio::select! {
         result = &mut serving => result,

@@ -6,6 +6,7 @@
 
 use std::time::SystemTime;
 
+use berth_api::containerd::events::ContentDelete;
 use berth_api::containerd::services::content::v1 as api;
 use berth_api::containerd::services::content::v1::content_server::{Content, ContentServer};
 use berth_api::prost_types::Timestamp;
@@ -20,7 +21,7 @@ use crate::error::Error;
 use crate::filters;
 use crate::ingest;
 use crate::store::{ContentStore, Info};
-use crate::writer::Progress;
+use crate::writer::{Progress, Writer};
 
 /// Largest message accepted or sent; clients send 1 MiB writes, this leaves plenty of room.
 pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
@@ -93,11 +94,38 @@ fn status_to_api(status: ingest::Status) -> api::Status {
 #[derive(Clone)]
 pub struct ContentService {
     store: ContentStore,
+    neighbours: Neighbours,
+}
+
+/// What content tells the metadata service: its events, the namespaces it writes in, and
+/// what a call under a lease created. All no-ops when berth-content runs without a metadata peer.
+#[derive(Clone)]
+struct Neighbours {
+    events: berth_peers::Publisher,
+    namespaces: berth_peers::Namespaces,
+    leases: berth_peers::LeaseResources,
 }
 
 impl ContentService {
     pub fn new(store: ContentStore) -> ContentService {
-        ContentService { store }
+        let neighbours = Neighbours {
+            events: berth_peers::Publisher::disabled(),
+            namespaces: berth_peers::Namespaces::default(),
+            leases: berth_peers::LeaseResources::default(),
+        };
+        ContentService { store, neighbours }
+    }
+
+    /// Publishes events to, registers namespaces with and records lease resources in the
+    /// metadata service among `peers` (when there is one). Must run inside a tokio runtime.
+    pub fn with_peers(mut self, peers: &berth_peers::Peers) -> ContentService {
+        let metadata = peers.channel("metadata");
+        self.neighbours = Neighbours {
+            events: metadata.clone().map_or_else(berth_peers::Publisher::disabled, berth_peers::Publisher::new),
+            namespaces: berth_peers::Namespaces::new(metadata.clone()),
+            leases: berth_peers::LeaseResources::new(metadata),
+        };
+        self
     }
 
     /// The tonic server with berth's message size limits.
@@ -148,6 +176,7 @@ impl Content for ContentService {
         let ns = namespace(&request)?;
         let digest = digest(&request.get_ref().digest)?;
         self.store.delete(&ns, &digest).await.map_err(to_status)?;
+        self.neighbours.events.publish(&ns, "/content/delete", &ContentDelete { digest: digest.to_string() });
         Ok(Response::new(()))
     }
 
@@ -200,6 +229,8 @@ impl Content for ContentService {
         request: Request<Streaming<api::WriteContentRequest>>,
     ) -> Result<Response<Self::WriteStream>, Status> {
         let ns = namespace(&request)?;
+        let lease = berth_peers::leases::of(request.metadata());
+        self.neighbours.namespaces.ensure(&ns).await;
         let mut incoming = request.into_inner();
         // Decode the next messages while the current one is written (it is a copy of up to
         // 16 MiB, worth overlapping with the disk write and hash).
@@ -219,10 +250,11 @@ impl Content for ContentService {
         });
         let (sender, receiver) = mpsc::channel(WRITE_READ_AHEAD + 2);
         let store = self.store.clone();
+        let neighbours = self.neighbours.clone();
         // The response starts at once; the session runs on its own, so a client that waits
         // for response headers before sending its first message is served too.
         spawn(async move {
-            if let Err(status) = write_session(store, ns, requests, &sender).await {
+            if let Err(status) = write_session(store, neighbours, ns, lease, requests, &sender).await {
                 if status.code() != tonic::Code::AlreadyExists {
                     tracing::debug!(code = ?status.code(), message = status.message(), "write failed");
                 }
@@ -254,10 +286,14 @@ fn response(action: api::WriteAction, progress: Progress) -> api::WriteContentRe
     }
 }
 
-/// Drives one Write stream until COMMIT, the client's end of stream, or an error.
+/// Drives one Write stream until COMMIT, the client's end of stream, or an error, then frees
+/// the ref before the last word (the COMMIT response or the error) goes out: a client that
+/// carries on with the ref right after, through any replica, finds it free.
 async fn write_session(
     store: ContentStore,
+    neighbours: Neighbours,
     ns: String,
+    lease: Option<String>,
     mut requests: mpsc::Receiver<Result<api::WriteContentRequest, Status>>,
     responses: &mpsc::Sender<Result<api::WriteContentResponse, Status>>,
 ) -> Result<(), Status> {
@@ -267,8 +303,33 @@ async fn write_session(
     if first.r#ref.is_empty() {
         return Err(Status::invalid_argument("first message must have a reference (ref is empty)"));
     }
+    // Under a lease the ingest is held from the start (and the lease must exist, as in containerd).
+    if let Some(lease) = &lease {
+        neighbours.leases.add(&ns, lease, "ingests", &first.r#ref).await?;
+    }
     let mut writer =
         store.writer(&ns, &first.r#ref, first.total, expected_of(&first.expected)?).await.map_err(to_status)?;
+    let outcome = drive(&mut writer, first, &mut requests, responses).await;
+    writer.release().await;
+    if let Some(last) = outcome? {
+        if let Some(lease) = &lease
+            && let Err(status) = neighbours.leases.add(&ns, lease, "content", &last.digest).await
+        {
+            // The blob is committed; an error now would make the client retry a finished write.
+            tracing::warn!(lease, digest = last.digest, "could not add the blob to its lease: {status}");
+        }
+        let _ = responses.send(Ok(last)).await;
+    }
+    Ok(())
+}
+
+/// Answers each request of the stream; returns the COMMIT response, to be sent once the ref is free.
+async fn drive(
+    writer: &mut Writer,
+    first: api::WriteContentRequest,
+    requests: &mut mpsc::Receiver<Result<api::WriteContentRequest, Status>>,
+    responses: &mpsc::Sender<Result<api::WriteContentResponse, Status>>,
+) -> Result<Option<api::WriteContentResponse>, Status> {
     let mut request = first;
     loop {
         let action = api::WriteAction::try_from(request.action)
@@ -280,16 +341,16 @@ async fn write_session(
             api::WriteAction::Commit => writer.commit(request.offset, request.data, request.labels).await,
         }
         .map_err(to_status)?;
-        if responses.send(Ok(response(action, progress))).await.is_err() {
-            return Ok(());
-        }
         if action == api::WriteAction::Commit {
-            return Ok(());
+            return Ok(Some(response(action, progress)));
+        }
+        if responses.send(Ok(response(action, progress))).await.is_err() {
+            return Ok(None);
         }
         request = match requests.recv().await {
             Some(Ok(request)) => request,
             // End of stream, or the client went away: the ingest stays for a later resume.
-            Some(Err(_)) | None => return Ok(()),
+            Some(Err(_)) | None => return Ok(None),
         };
     }
 }

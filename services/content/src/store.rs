@@ -20,7 +20,7 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::filters::{InfoFields, StatusFields};
 use crate::ingest::{self, Ingests, Status};
-use crate::locks::{DigestLocks, RefLocks};
+use crate::locks::{DigestLock, Locks};
 use crate::records::{self, Record, Records};
 use crate::time::{from_nanos, now_nanos};
 use crate::writer::Writer;
@@ -60,8 +60,7 @@ pub(crate) struct Inner {
     pub blobs: Blobs,
     pub ingests: Ingests,
     pub records: Records,
-    pub ref_locks: Arc<RefLocks>,
-    pub digest_locks: DigestLocks,
+    pub locks: Locks,
 }
 
 /// Runs blocking file work off the async workers.
@@ -80,9 +79,8 @@ impl ContentStore {
             inner: Arc::new(Inner {
                 blobs,
                 ingests,
+                locks: Locks::new(metadata.clone()),
                 records: Records::new(metadata),
-                ref_locks: Arc::default(),
-                digest_locks: DigestLocks::default(),
             }),
         })
     }
@@ -150,10 +148,21 @@ impl ContentStore {
     }
 
     /// Removes the namespace's record, and the blob file once no namespace references it.
+    ///
+    /// Under the digest's lock (shared by the replicas), so no commit of the same digest can
+    /// add a record relying on the blob between the check and the removal.
     pub async fn delete(&self, namespace: &str, digest: &Digest) -> Result<()> {
-        let _guard = self.inner.digest_locks.lock(digest.as_str()).await;
+        let lock = self.inner.locks.lock_digest(digest).await?;
+        let result = self.delete_locked(namespace, digest, &lock).await;
+        lock.release().await;
+        result
+    }
+
+    async fn delete_locked(&self, namespace: &str, digest: &Digest, lock: &DigestLock) -> Result<()> {
         self.inner.records.delete(namespace, digest).await?;
         if !self.inner.records.referenced(digest).await? {
+            // A lost lock leaves the blob behind (harmless) rather than racing a commit.
+            lock.check()?;
             let inner = self.inner.clone();
             let digest = digest.clone();
             blocking(move || inner.blobs.remove(&digest)).await?;
@@ -207,7 +216,7 @@ impl ContentStore {
     /// Drops an ingest. A writer still holding the ref fails on its next step.
     pub async fn abort(&self, namespace: &str, reference: &str) -> Result<()> {
         ingest::validate_ref(reference)?;
-        self.inner.ref_locks.mark_aborted(namespace, reference);
+        self.inner.locks.mark_aborted(namespace, reference);
         let (inner, ns, r) = (self.inner.clone(), namespace.to_string(), reference.to_string());
         if blocking(move || inner.ingests.remove(&ns, &r)).await? {
             Ok(())

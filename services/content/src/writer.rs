@@ -1,6 +1,8 @@
 //! One Write session on one ref: containerd's STAT / WRITE / COMMIT rules.
 //!
-//! - The ref is locked for the writer's life; a second writer gets Unavailable.
+//! - The ref is locked for the writer's life, across replicas too; a second writer gets
+//!   Unavailable. A writer whose lock was lost (see [`crate::locks`]) stops with Unavailable
+//!   before its next change; the client resumes from the offset Status reports.
 //! - `total` and `expected` may come with any message and update the ingest.
 //! - An `expected` digest the namespace already has is AlreadyExists (clients treat that as
 //!   success) and the ingest is dropped.
@@ -9,8 +11,14 @@
 //! - WRITE at offset 0 restarts a partial ingest; any other offset than the current one is
 //!   OutOfRange. (COMMIT at offset 0 without data commits what is there: clients that leave
 //!   the offset unset on COMMIT mean that, not "throw everything away".)
-//! - COMMIT checks size and digest (FailedPrecondition, ingest kept), then fsyncs the data,
-//!   renames it into the blobs, fsyncs the directory, and adds the record with its labels.
+//! - COMMIT checks size and digest (FailedPrecondition, ingest kept), then, under the
+//!   digest's lock, fsyncs the data, renames it into the blobs, fsyncs the directory, and adds
+//!   the record with its labels. Two replicas committing the same digest (from two refs)
+//!   cannot corrupt the blob even without that lock: each renames a file it verified to hash
+//!   to the digest, and rename(2) replaces the target atomically, so readers see one complete
+//!   copy or the other. The lock is what keeps a Delete on another replica from removing the
+//!   blob between a commit finding it present and adding its record; the record create is a
+//!   compare-and-swap, so of two commits into one namespace the second gets AlreadyExists.
 
 use std::collections::HashMap;
 use std::time::SystemTime;
@@ -18,7 +26,7 @@ use std::time::SystemTime;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::ingest::Ingest;
-use crate::locks::RefGuard;
+use crate::locks::{DigestLock, RefLock};
 use crate::records::Record;
 use crate::store::{ContentStore, blocking};
 use crate::time::{from_nanos, now_nanos};
@@ -48,7 +56,7 @@ pub struct Writer {
     store: ContentStore,
     namespace: String,
     reference: String,
-    guard: RefGuard,
+    guard: RefLock,
     state: State,
     total: i64,
     expected: Option<Digest>,
@@ -74,13 +82,37 @@ impl Writer {
         if total < 0 {
             return Err(Error::InvalidArgument(format!("total must not be negative, got {total}")));
         }
-        let guard = store.inner.ref_locks.try_lock(namespace, reference)?;
+        let id = crate::ingest::ingest_id(namespace, reference);
+        let guard = store.inner.locks.lock_ref(namespace, &id, reference).await?;
+        match Self::open_locked(store, namespace, reference, total, expected, guard).await {
+            Ok(writer) => Ok(writer),
+            Err((error, guard)) => {
+                // Free the ref before the caller hears of the failure and tries again.
+                guard.release().await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn open_locked(
+        store: ContentStore,
+        namespace: &str,
+        reference: &str,
+        total: i64,
+        expected: Option<Digest>,
+        guard: RefLock,
+    ) -> Result<Writer, (Error, RefLock)> {
         if let Some(expected) = &expected {
-            if store.inner.records.get(namespace, expected).await?.is_some() {
-                return Err(already_exists(expected));
+            match store.inner.records.get(namespace, expected).await {
+                Ok(None) => {}
+                Ok(Some(_)) => return Err((already_exists(expected), guard)),
+                Err(e) => return Err((e, guard)),
             }
             let (inner, digest) = (store.inner.clone(), expected.clone());
-            let on_disk = blocking(move || inner.blobs.size(&digest)).await?;
+            let on_disk = match blocking(move || inner.blobs.size(&digest)).await {
+                Ok(on_disk) => on_disk,
+                Err(e) => return Err((e, guard)),
+            };
             // Like containerd: a different announced size means the caller must upload.
             if let Some(size) = on_disk.filter(|size| total == 0 || total.unsigned_abs() == *size) {
                 return Ok(Writer {
@@ -95,7 +127,10 @@ impl Writer {
             }
         }
         let (inner, ns, r) = (store.inner.clone(), namespace.to_string(), reference.to_string());
-        let ingest = blocking(move || inner.ingests.open_ingest(&ns, &r)).await?;
+        let ingest = match blocking(move || inner.ingests.open_ingest(&ns, &r)).await {
+            Ok(ingest) => ingest,
+            Err(e) => return Err((e, guard)),
+        };
         let mut writer = Writer {
             total: ingest.total(),
             expected: ingest.expected().and_then(|e| Digest::parse(e).ok()),
@@ -105,8 +140,16 @@ impl Writer {
             guard,
             state: State::Ingest(Some(Box::new(ingest))),
         };
-        writer.remember(total, expected).await?;
-        Ok(writer)
+        match writer.remember(total, expected).await {
+            Ok(()) => Ok(writer),
+            Err(e) => Err((e, writer.guard)),
+        }
+    }
+
+    /// Ends the session: frees the ref (here and for the other replicas) before returning,
+    /// so a client that hears back and carries on with the ref is not refused.
+    pub async fn release(self) {
+        self.guard.release().await;
     }
 
     /// Takes in the `total` and `expected` a message carries (0 and `None`: not given).
@@ -288,15 +331,33 @@ impl Writer {
                 self.reference
             )));
         }
+        let lock = self.store.inner.locks.lock_digest(&digest).await?;
+        let result = self.commit_ingest_locked(&lock, data, digest, size, labels).await;
+        lock.release().await;
+        result
+    }
+
+    async fn commit_ingest_locked(
+        &mut self,
+        lock: &DigestLock,
+        data: std::path::PathBuf,
+        digest: Digest,
+        size: u64,
+        labels: HashMap<String, String>,
+    ) -> Result<()> {
+        // The last moment to find out that another replica may have taken the ref or the
+        // digest: after this, the data moves.
+        self.guard.check()?;
+        lock.check()?;
         let State::Ingest(slot) = &mut self.state else {
             return Err(Error::Internal("commit of a writer without ingest".into()));
         };
         let ingest = slot.take().ok_or_else(broken)?;
         let started_at = ingest.started_at();
-        let _guard = self.store.inner.digest_locks.lock(digest.as_str()).await;
         let (inner, owned) = (self.store.inner.clone(), digest.clone());
         blocking(move || {
-            // Already there (committed meanwhile by another ref or namespace): same bytes.
+            // Already there (committed meanwhile by another ref, namespace or replica): the
+            // same bytes, so this copy is not needed.
             if inner.blobs.size(&owned)?.is_none() {
                 inner.blobs.commit(&data, &owned)?;
             }
@@ -326,7 +387,22 @@ impl Writer {
                 self.reference
             )));
         }
-        let _guard = self.store.inner.digest_locks.lock(digest.as_str()).await;
+        let lock = self.store.inner.locks.lock_digest(&digest).await?;
+        let result = self.commit_shared_locked(&lock, digest, size, started_at, labels).await;
+        lock.release().await;
+        result
+    }
+
+    async fn commit_shared_locked(
+        &mut self,
+        lock: &DigestLock,
+        digest: Digest,
+        size: u64,
+        started_at: SystemTime,
+        labels: HashMap<String, String>,
+    ) -> Result<()> {
+        self.guard.check()?;
+        lock.check()?;
         let (inner, owned, ns, r) =
             (self.store.inner.clone(), digest.clone(), self.namespace.clone(), self.reference.clone());
         let present = blocking(move || {
@@ -381,14 +457,9 @@ impl Writer {
         result
     }
 
+    /// `Ok` while this writer may still change its ingest (see [`RefLock::check`]).
     fn check_aborted(&self) -> Result<()> {
-        if self.guard.aborted() {
-            return Err(Error::NotFound(format!(
-                "ref {}: ingest was aborted in namespace {}",
-                self.reference, self.namespace
-            )));
-        }
-        Ok(())
+        self.guard.check()
     }
 
     fn finished(&self) -> Error {

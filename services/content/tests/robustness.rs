@@ -55,6 +55,9 @@ async fn restart_keeps_ingests_with_their_offset_and_digest() {
     std::io::Write::write_all(&mut file, &data[2 << 20..(2 << 20) + 3]).unwrap();
     drop(file);
     std::fs::create_dir(root.join("ingest/0123.tmp-create-1-1")).unwrap();
+    // Old enough to be a crash's leftover rather than another replica's create in progress.
+    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::open(root.join("ingest/0123.tmp-create-1-1")).unwrap().set_modified(long_ago).unwrap();
     std::fs::create_dir(root.join("ingest/half-committed")).unwrap();
     std::fs::write(
         root.join("ingest/half-committed/meta"),

@@ -4,22 +4,32 @@
 //! service's own prefix. A transaction becomes one etcd Txn whose compares check each key's
 //! mod revision (or that it does not exist), so concurrent writers never lose an update:
 //! the loser gets `Conflict` and retries with fresh data.
+//!
+//! Locks are keys attached to leases, under `<prefix>__locks/` (see [`lock`]).
+
+mod lock;
+
+/// Where locks live, under the store's prefix.
+const LOCKS: &str = "__locks/";
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{Client, Compare as EtcdCompare, CompareOp, ConnectOptions, GetOptions, TxnOp};
 
-use crate::{Compare, Entry, Op, SCHEMA_VERSION, Store, StoreError, Txn};
+use crate::{Compare, Entry, LockGuard, Op, SCHEMA_VERSION, Store, StoreError, Txn};
 
 /// How long one etcd call may take before the caller sees Unavailable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a lock outlives a holder that stopped renewing it (died, lost etcd).
+pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(10);
 
 /// A store on an etcd cluster; cheap to clone.
 #[derive(Clone)]
 pub struct Etcd {
     client: Client,
     prefix: String,
+    lock_ttl: Duration,
 }
 
 fn unavailable(err: etcd_client::Error) -> StoreError {
@@ -54,7 +64,7 @@ impl Etcd {
             .with_timeout(CALL_TIMEOUT)
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(2));
         let client = Client::connect(&urls, Some(options)).await.map_err(unavailable)?;
-        let store = Etcd { client, prefix: prefix.to_string() };
+        let store = Etcd { client, prefix: prefix.to_string(), lock_ttl: DEFAULT_LOCK_TTL };
         store.record_schema().await?;
         Ok(store)
     }
@@ -77,6 +87,13 @@ impl Etcd {
         Ok(())
     }
 
+    /// Sets how long a lock outlives a holder that stopped renewing it (whole seconds, rounded
+    /// up; etcd raises TTLs below its minimum, about 2 s by default).
+    pub fn with_lock_ttl(mut self, ttl: Duration) -> Self {
+        self.lock_ttl = ttl;
+        self
+    }
+
     fn full(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
@@ -96,9 +113,12 @@ impl Store for Etcd {
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
         let options = GetOptions::new().with_prefix();
         let response = self.client.kv_client().get(self.full(prefix), Some(options)).await.map_err(unavailable)?;
+        let locks = format!("{}{LOCKS}", self.prefix);
         response
             .kvs()
             .iter()
+            // Locks are not records.
+            .filter(|kv| !kv.key().starts_with(locks.as_bytes()))
             .map(|kv| {
                 let key = std::str::from_utf8(kv.key())
                     .map_err(|e| StoreError::Backend(format!("etcd key is not UTF-8: {e}")))?;
@@ -148,5 +168,9 @@ impl Store for Etcd {
                 .collect();
             Err(StoreError::Conflict(format!("{} changed concurrently", keys.join(", "))))
         }
+    }
+
+    async fn try_lock(&self, key: &str, owner: &str) -> Result<LockGuard, StoreError> {
+        lock::try_lock(self, key, owner).await
     }
 }

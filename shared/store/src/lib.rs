@@ -4,9 +4,14 @@
 //! same service code runs on the embedded backend (a redb file) and on etcd: on redb a
 //! transaction is ACID, on etcd it maps onto a Txn comparing mod revisions. Values are
 //! opaque bytes; each service encodes its own records.
+//!
+//! The store also hands out locks ([`Store::try_lock`], see [`lock`]): in-process on the
+//! embedded backend (its file belongs to one process), leases on etcd (shared by every
+//! process on the cluster, freed by etcd when their holder dies).
 
 mod embedded;
 mod etcd;
+pub mod lock;
 mod open;
 pub mod testing;
 
@@ -14,7 +19,8 @@ use async_trait::async_trait;
 use thiserror::Error;
 
 pub use embedded::Embedded;
-pub use etcd::Etcd;
+pub use etcd::{DEFAULT_LOCK_TTL, Etcd};
+pub use lock::{Holder, LockGuard, lock_waiting};
 pub use open::Backend;
 
 /// Version of the key layout; recorded by each backend so a future layout change can migrate.
@@ -84,13 +90,21 @@ pub enum StoreError {
     /// Anything else the backend reported.
     #[error("metadata store: {0}")]
     Backend(String),
+    /// [`Store::try_lock`]: someone else holds the lock.
+    #[error("{key} is locked by {holder}")]
+    Locked { key: String, holder: Holder },
+    /// A held lock may have passed to someone else (on etcd: its lease was not renewed in time).
+    #[error("lost the lock {key}: {reason}")]
+    LockLost { key: String, reason: String },
 }
 
 impl From<StoreError> for tonic::Status {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::Conflict(_) => tonic::Status::aborted(err.to_string()),
-            StoreError::Unavailable(_) => tonic::Status::unavailable(err.to_string()),
+            StoreError::Unavailable(_) | StoreError::Locked { .. } | StoreError::LockLost { .. } => {
+                tonic::Status::unavailable(err.to_string())
+            }
             StoreError::Backend(_) => tonic::Status::internal(err.to_string()),
         }
     }
@@ -104,6 +118,10 @@ pub trait Store: Send + Sync + 'static {
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError>;
     /// Applies `txn.ops` atomically when every compare holds; `Conflict` otherwise.
     async fn commit(&self, txn: Txn) -> Result<(), StoreError>;
+    /// Takes the lock `key` (a name of its own, apart from the records) for `owner`, a
+    /// description of the caller reported to whoever is refused. `Locked` when it is held,
+    /// also by this same process: locks are not reentrant.
+    async fn try_lock(&self, key: &str, owner: &str) -> Result<LockGuard, StoreError>;
 }
 
 #[cfg(test)]

@@ -1,0 +1,91 @@
+//! `berth-snapshot --root DIR --listen SOCK [--metadata local|etcd://...]`: the snapshot
+//! service alone.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use berth_snapshot::{SnapshotsService, Snapshotters, server};
+use berth_store::Backend;
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// How long open calls may take to finish after SIGTERM/SIGINT.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// containerd's snapshots service (overlayfs and native snapshotters) on a unix socket.
+#[derive(Parser, Debug)]
+#[command(name = "berth-snapshot", version)]
+struct Args {
+    /// Directory holding overlayfs/, native/ and snapshot.redb.
+    #[arg(long)]
+    root: PathBuf,
+    /// Unix socket to serve gRPC on.
+    #[arg(long)]
+    listen: PathBuf,
+    /// Where the records live: `local` (a redb file under --root) or `etcd://HOST:PORT[/PREFIX]`.
+    #[arg(long, default_value = "local")]
+    metadata: String,
+    /// A peer service, NAME=ADDRESS[,ADDRESS]: with `metadata`, snapshot publishes its events
+    /// there, registers namespaces and adds snapshots made under a lease to it.
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _telemetry = berth_telemetry::init("berth-snapshot");
+
+    let backend = Backend::parse(&args.metadata).map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(&args.root).with_context(|| format!("create {}", args.root.display()))?;
+    // Local records go to ROOT/snapshot.redb; on etcd under PREFIX/snapshot/.
+    let records = backend
+        .open("snapshot", &args.root)
+        .await
+        .with_context(|| format!("open the snapshot records ({})", args.metadata))?;
+    let snapshotters = Snapshotters::open(&args.root, records)
+        .await
+        .with_context(|| format!("open the snapshotters in {}", args.root.display()))?;
+    let loaded: Vec<&str> = snapshotters.names().collect();
+    let listener = server::bind(&args.listen).await?;
+    tracing::info!(
+        root = %args.root.display(),
+        listen = %args.listen.display(),
+        snapshotters = %loaded.join(","),
+        "berth-snapshot serving"
+    );
+
+    let mut terminate = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let shutdown = {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    };
+    let peers = berth_peers::Peers::parse(&args.peers)?;
+    let serving = server::serve(listener, SnapshotsService::new(snapshotters).with_peers(&peers), shutdown);
+    tokio::pin!(serving);
+    let result = tokio::select! {
+        result = &mut serving => result,
+        _ = async {
+            tokio::select! {
+                _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+                _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
+            }
+            let _ = stop.send(true);
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        } => {
+            tracing::warn!("open calls did not finish within {DRAIN_TIMEOUT:?}; stopping anyway");
+            Ok(())
+        }
+    };
+    if let Err(e) = std::fs::remove_file(&args.listen) {
+        tracing::warn!(error = %e, socket = %args.listen.display(), "could not remove the socket");
+    }
+    result?;
+    tracing::info!("berth-snapshot stopped");
+    Ok(())
+}

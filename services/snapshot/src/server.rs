@@ -1,0 +1,37 @@
+//! Serving the snapshot service on a unix socket, as every berth service does.
+
+use std::future::Future;
+use std::path::Path;
+
+use thiserror::Error;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::service::SnapshotsService;
+
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Listen(#[from] berth_core::listen::ListenError),
+    #[error("serving gRPC: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Binds the service's socket the way every berth server does (see [`berth_core::listen`]).
+pub async fn bind(path: &Path) -> Result<UnixListener, ServeError> {
+    Ok(berth_core::listen::bind(path).await?)
+}
+
+/// Serves `service` on `listener` until `shutdown` resolves, then drains open calls.
+pub async fn serve(
+    listener: UnixListener,
+    service: SnapshotsService,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    tonic::transport::Server::builder()
+        .layer(berth_telemetry::context::ServerLayer::new("snapshot"))
+        .add_service(service.into_server())
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}
