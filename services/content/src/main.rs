@@ -10,7 +10,6 @@ use anyhow::Context;
 use berth_content::{ContentService, ContentStore, server};
 use berth_store::Backend;
 use clap::Parser;
-use tokio::signal::unix::{SignalKind, signal};
 
 /// How long open calls (a Write stream, say) may take to finish after SIGTERM/SIGINT.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -52,37 +51,10 @@ async fn main() -> anyhow::Result<()> {
     let listener = server::bind(&args.listen).await?;
     tracing::info!(root = %args.root.display(), listen = %args.listen.display(), "berth-content serving");
 
-    let mut terminate = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let shutdown = {
-        let mut stopped = stopped.clone();
-        async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        }
-    };
     let peers = berth_peers::Peers::parse(&args.peers)?;
-    let serving = server::serve(listener, ContentService::new(store).with_peers(&peers), shutdown);
-    tokio::pin!(serving);
-    let result = tokio::select! {
-        result = &mut serving => result,
-        _ = async {
-            tokio::select! {
-                _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
-                _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
-            }
-            let _ = stop.send(true);
-            tokio::time::sleep(DRAIN_TIMEOUT).await;
-        } => {
-            tracing::warn!("open calls did not finish within {DRAIN_TIMEOUT:?}; stopping anyway");
-            Ok(())
-        }
-    };
-    // Ingests need no flushing: every acknowledged write is in the kernel already.
-    if let Err(e) = std::fs::remove_file(&args.listen) {
-        tracing::warn!(error = %e, socket = %args.listen.display(), "could not remove the socket");
-    }
-    result?;
-    tracing::info!("berth-content stopped");
+    berth_core::lifecycle::run_until_signal("berth-content", &args.listen, DRAIN_TIMEOUT, |shutdown| {
+        server::serve(listener, ContentService::new(store).with_peers(&peers), shutdown)
+    })
+    .await?;
     Ok(())
 }

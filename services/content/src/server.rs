@@ -3,7 +3,6 @@
 use std::future::Future;
 use std::path::Path;
 
-use thiserror::Error;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
@@ -17,13 +16,7 @@ const CONNECTION_WINDOW: u32 = 32 << 20;
 /// clients; grpc-go clients keep sending 16 KiB frames.
 const MAX_FRAME: u32 = 1 << 20;
 
-#[derive(Debug, Error)]
-pub enum ServeError {
-    #[error(transparent)]
-    Listen(#[from] berth_core::listen::ListenError),
-    #[error("serving gRPC: {0}")]
-    Transport(#[from] tonic::transport::Error),
-}
+pub use berth_core::lifecycle::ServeError;
 
 /// Binds the service's socket the way every berth server does (see [`berth_core::listen`]).
 pub async fn bind(path: &Path) -> Result<UnixListener, ServeError> {

@@ -9,7 +9,6 @@ use berth_metadata::{Metadata, server};
 use berth_peers::Peers;
 use berth_store::Backend;
 use clap::Parser;
-use tokio::signal::unix::{SignalKind, signal};
 
 /// How long open calls (an events subscription, say) may take to finish after SIGTERM/SIGINT.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -52,36 +51,9 @@ async fn main() -> anyhow::Result<()> {
     let listener = server::bind(&args.listen).await?;
     tracing::info!(root = %args.root.display(), listen = %args.listen.display(), "berth-metadata serving");
 
-    let mut terminate = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let shutdown = {
-        let mut stopped = stopped.clone();
-        async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        }
-    };
-    let serving = server::serve(listener, metadata, shutdown);
-    tokio::pin!(serving);
-    let result = tokio::select! {
-        result = &mut serving => result,
-        _ = async {
-            tokio::select! {
-                _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
-                _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
-            }
-            let _ = stop.send(true);
-            tokio::time::sleep(DRAIN_TIMEOUT).await;
-        } => {
-            // Event subscriptions never end on their own.
-            tracing::info!("open calls (event subscriptions) cut after {DRAIN_TIMEOUT:?}");
-            Ok(())
-        }
-    };
-    if let Err(e) = std::fs::remove_file(&args.listen) {
-        tracing::warn!(error = %e, socket = %args.listen.display(), "could not remove the socket");
-    }
-    result?;
-    tracing::info!("berth-metadata stopped");
+    berth_core::lifecycle::run_until_signal("berth-metadata", &args.listen, DRAIN_TIMEOUT, |shutdown| {
+        server::serve(listener, metadata, shutdown)
+    })
+    .await?;
     Ok(())
 }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_peers::Peers;
-use thiserror::Error;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
@@ -44,13 +43,7 @@ impl Metadata {
     }
 }
 
-#[derive(Debug, Error)]
-pub enum ServeError {
-    #[error(transparent)]
-    Listen(#[from] berth_core::listen::ListenError),
-    #[error("serving gRPC: {0}")]
-    Transport(#[from] tonic::transport::Error),
-}
+pub use berth_core::lifecycle::ServeError;
 
 pub async fn bind(path: &Path) -> Result<UnixListener, ServeError> {
     Ok(berth_core::listen::bind(path).await?)

@@ -8,7 +8,6 @@ use anyhow::Context;
 use berth_snapshot::{SnapshotsService, Snapshotters, server};
 use berth_store::Backend;
 use clap::Parser;
-use tokio::signal::unix::{SignalKind, signal};
 
 /// How long open calls may take to finish after SIGTERM/SIGINT.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -56,36 +55,10 @@ async fn main() -> anyhow::Result<()> {
         "berth-snapshot serving"
     );
 
-    let mut terminate = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let shutdown = {
-        let mut stopped = stopped.clone();
-        async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        }
-    };
     let peers = berth_peers::Peers::parse(&args.peers)?;
-    let serving = server::serve(listener, SnapshotsService::new(snapshotters).with_peers(&peers), shutdown);
-    tokio::pin!(serving);
-    let result = tokio::select! {
-        result = &mut serving => result,
-        _ = async {
-            tokio::select! {
-                _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
-                _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
-            }
-            let _ = stop.send(true);
-            tokio::time::sleep(DRAIN_TIMEOUT).await;
-        } => {
-            tracing::warn!("open calls did not finish within {DRAIN_TIMEOUT:?}; stopping anyway");
-            Ok(())
-        }
-    };
-    if let Err(e) = std::fs::remove_file(&args.listen) {
-        tracing::warn!(error = %e, socket = %args.listen.display(), "could not remove the socket");
-    }
-    result?;
-    tracing::info!("berth-snapshot stopped");
+    berth_core::lifecycle::run_until_signal("berth-snapshot", &args.listen, DRAIN_TIMEOUT, |shutdown| {
+        server::serve(listener, SnapshotsService::new(snapshotters).with_peers(&peers), shutdown)
+    })
+    .await?;
     Ok(())
 }

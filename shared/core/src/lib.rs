@@ -5,5 +5,6 @@ pub mod connect;
 pub mod filters;
 pub mod identifiers;
 pub mod labels;
+pub mod lifecycle;
 pub mod listen;
 pub mod namespace;
