@@ -95,7 +95,9 @@ async fn round(socket: &Path, round: usize) -> [Measured; 3] {
     let per_client = containers / CLIENTS;
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
-        clients.push(ContainersClient::new(containerd_client::connect(socket).await.expect("connect")));
+        let channel = containerd_client::connect(socket).await.expect("connect");
+        // A list of 4000 records with ~2 KiB specs is ~8 MiB, past the 4 MiB default.
+        clients.push(ContainersClient::new(channel).max_decoding_message_size(64 << 20));
     }
     let create = concurrently(&clients, per_client, move |mut client, c, i| async move {
         let id = format!("r{round}-c{c}-{i}");

@@ -43,6 +43,22 @@ async fn conformance(store: &dyn Store) {
     assert!(store.get("a/1").await.unwrap().is_none());
 
     concurrent_commits(store).await;
+    large_lists(store).await;
+}
+
+/// A listing larger than one etcd page and than a 4 MiB gRPC message comes back whole and in order.
+async fn large_lists(store: &dyn Store) {
+    let value = vec![b'v'; 4096];
+    for batch in 0..10 {
+        let mut txn = Txn::new();
+        for i in 0..120 {
+            txn = txn.put(format!("big/{:04}", batch * 120 + i), value.clone());
+        }
+        store.commit(txn).await.unwrap();
+    }
+    let keys: Vec<String> = store.list("big/").await.unwrap().into_iter().map(|e| e.key).collect();
+    let want: Vec<String> = (0..1200).map(|i| format!("big/{i:04}")).collect();
+    assert_eq!(keys, want);
 }
 
 /// Many commits at once (grouped into one write on the embedded backend): of racing creates

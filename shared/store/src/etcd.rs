@@ -51,6 +51,22 @@ fn unavailable(err: etcd_client::Error) -> StoreError {
     }
 }
 
+/// Keys per page when listing.
+const LIST_PAGE: i64 = 512;
+
+/// The end of the key range holding every key that starts with `prefix` (etcd's prefix end).
+fn range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xff (or empty): to the end of the keyspace.
+    vec![0]
+}
+
 impl Etcd {
     /// Connects to `endpoints` (host:port each) and scopes every key under `prefix`.
     ///
@@ -111,24 +127,45 @@ impl Store for Etcd {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
-        let options = GetOptions::new().with_prefix();
-        let response = self.client.kv_client().get(self.full(prefix), Some(options)).await.map_err(unavailable)?;
+        let full = self.full(prefix);
+        let end = range_end(full.as_bytes());
         let locks = format!("{}{LOCKS}", self.prefix);
-        response
-            .kvs()
-            .iter()
-            // Locks are not records.
-            .filter(|kv| !kv.key().starts_with(locks.as_bytes()))
-            .map(|kv| {
+        let mut kv = self.client.kv_client();
+        let mut entries = Vec::new();
+        let mut start = full.into_bytes();
+        // Pages at one revision: one consistent view however large, and no response past
+        // the client's message size limit.
+        let mut revision = 0;
+        loop {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(LIST_PAGE);
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let response = kv.get(start.clone(), Some(options)).await.map_err(unavailable)?;
+            if revision == 0 {
+                revision = response.header().map_or(0, |h| h.revision());
+            }
+            for kv in response.kvs() {
+                // Locks are not records.
+                if kv.key().starts_with(locks.as_bytes()) {
+                    continue;
+                }
                 let key = std::str::from_utf8(kv.key())
                     .map_err(|e| StoreError::Backend(format!("etcd key is not UTF-8: {e}")))?;
-                Ok(Entry {
+                entries.push(Entry {
                     key: key[self.prefix.len()..].to_string(),
                     value: kv.value().to_vec(),
                     revision: kv.mod_revision() as u64,
-                })
-            })
-            .collect()
+                });
+            }
+            match response.kvs().last() {
+                Some(last) if response.more() => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => return Ok(entries),
+            }
+        }
     }
 
     async fn commit(&self, txn: Txn) -> Result<(), StoreError> {
