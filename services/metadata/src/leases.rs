@@ -105,7 +105,7 @@ impl LeaseStore {
         {
             return Err(Status::invalid_argument(format!("label {EXPIRE_LABEL}={value:?} is not an RFC 3339 time")));
         }
-        let record = LeaseRecord { labels, created_at: berth_core_time_now(), resources: Vec::new() };
+        let record = LeaseRecord { labels, created_at: crate::time::now_nanos(), resources: Vec::new() };
         let key = records::lease_key(namespace, id);
         for _ in 0..3 {
             let entered = self.namespaces.enter(namespace).await?;
@@ -232,11 +232,6 @@ impl LeaseStore {
         let record = self.read(namespace, id).await?;
         Ok(record.value.resources.into_iter().map(|r| api::Resource { id: r.id, r#type: r.r#type }).collect())
     }
-}
-
-fn berth_core_time_now() -> i64 {
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(now.as_nanos()).unwrap_or(i64::MAX)
 }
 
 /// Lease filters see `id` and `labels.<key>`.

@@ -6,6 +6,12 @@ pub fn now() -> prost_types::Timestamp {
     SystemTime::now().into()
 }
 
+/// Nanoseconds since the epoch, as lease records keep their creation time.
+pub fn now_nanos() -> i64 {
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(now.as_nanos()).unwrap_or(i64::MAX)
+}
+
 /// `containerd.io/gc.expire` values are RFC 3339 times (what Go's time.RFC3339 writes).
 pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339_weak(text).ok().or_else(|| {
