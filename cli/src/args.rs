@@ -6,7 +6,7 @@ use std::time::Duration;
 use berth_core::connect::Address;
 use clap::{Parser, Subcommand};
 
-use crate::commands::{content, version};
+use crate::commands::{containers, content, events, leases, namespaces, version};
 
 /// Where berthd's gateway listens unless told otherwise.
 pub const DEFAULT_ADDRESS: &str = "/run/berth/berth.sock";
@@ -47,6 +47,18 @@ pub enum Command {
     /// Manage blobs and ingests in the content store
     #[command(subcommand)]
     Content(content::Command),
+    /// Manage namespaces
+    #[command(subcommand, visible_aliases = ["namespace", "ns"])]
+    Namespaces(namespaces::Command),
+    /// Manage container records
+    #[command(subcommand, visible_aliases = ["container", "c"])]
+    Containers(containers::Command),
+    /// Manage leases, which keep content and snapshots from garbage collection
+    #[command(subcommand, visible_alias = "lease")]
+    Leases(leases::Command),
+    /// Print events as they happen, until interrupted (Ctrl-C)
+    #[command(visible_alias = "event")]
+    Events(events::Args),
 }
 
 /// The namespace a command runs in: `-n`, else $BERTH_NAMESPACE, else $CONTAINERD_NAMESPACE,
@@ -115,6 +127,14 @@ pub fn parse_label(text: &str) -> Result<(String, String), String> {
     }
     berth_core::labels::validate_one(key, value).map_err(|status| status.message().to_string())?;
     Ok((key.to_string(), value.to_string()))
+}
+
+/// Fails early, with the position, on filters the server would reject anyway; `example` shows
+/// what this command's filters look like.
+pub fn check_filters(filters: &[String], example: &str) -> anyhow::Result<()> {
+    berth_core::filters::AnyOf::parse(filters)
+        .map(|_| ())
+        .map_err(|err| anyhow::anyhow!("{err} (filters look like {example})"))
 }
 
 #[cfg(test)]
@@ -195,5 +215,28 @@ mod tests {
         assert_eq!(parse_label("flag").unwrap(), ("flag".into(), "true".into()));
         assert!(parse_label("=v").unwrap_err().contains("key must not be empty"));
         assert!(parse_label(&format!("k={}", "v".repeat(4096))).unwrap_err().contains("greater than maximum size"));
+    }
+
+    #[test]
+    fn command_group_aliases_like_ctr() {
+        for (alias, group) in [
+            ("ns", "namespaces"),
+            ("namespace", "namespaces"),
+            ("c", "containers"),
+            ("container", "containers"),
+            ("lease", "leases"),
+        ] {
+            let cli = parse(&[alias, "ls"]).unwrap_or_else(|err| panic!("{alias}: {err}"));
+            let parsed = format!("{:?}", cli.command);
+            assert!(parsed.to_lowercase().starts_with(group), "{alias} parsed as {parsed}");
+        }
+        assert!(matches!(parse(&["event"]).unwrap().command, Command::Events(_)));
+    }
+
+    #[test]
+    fn filters_are_checked_with_a_hint() {
+        assert!(check_filters(&["labels.a==b".to_string()], "x").is_ok());
+        let err = check_filters(&["labels.a==".to_string()], "labels.app==web").unwrap_err().to_string();
+        assert!(err.ends_with("(filters look like labels.app==web)"), "{err}");
     }
 }

@@ -1,7 +1,11 @@
 //! One connection to berth, with the namespace put on every call the way containerd clients do
 //! (gRPC metadata `containerd-namespace`).
 
+use berth_api::containerd::services::containers::v1::containers_client::ContainersClient;
 use berth_api::containerd::services::content::v1::content_client::ContentClient;
+use berth_api::containerd::services::events::v1::events_client::EventsClient;
+use berth_api::containerd::services::leases::v1::leases_client::LeasesClient;
+use berth_api::containerd::services::namespaces::v1::namespaces_client::NamespacesClient;
 use berth_api::containerd::services::version::v1::version_client::VersionClient;
 use berth_core::connect::{Address, lazy_channel};
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
@@ -75,6 +79,25 @@ impl Client {
 
     pub fn version(&self) -> VersionClient<Transport> {
         VersionClient::with_interceptor(self.channel.clone(), self.namespaced.clone())
+    }
+
+    pub fn namespaces(&self) -> NamespacesClient<Transport> {
+        NamespacesClient::with_interceptor(self.channel.clone(), self.namespaced.clone())
+    }
+
+    pub fn containers(&self) -> ContainersClient<Transport> {
+        // Container records carry whole OCI specs; allow big ones both ways.
+        ContainersClient::with_interceptor(self.channel.clone(), self.namespaced.clone())
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    pub fn leases(&self) -> LeasesClient<Transport> {
+        LeasesClient::with_interceptor(self.channel.clone(), self.namespaced.clone())
+    }
+
+    pub fn events(&self) -> EventsClient<Transport> {
+        EventsClient::with_interceptor(self.channel.clone(), self.namespaced.clone())
     }
 
     /// Turns a failed call into an error whose message says what happened and what to do.

@@ -13,6 +13,12 @@ pub enum Subject<'a> {
     Content(&'a str),
     /// An ingest, by ref.
     Ingest(&'a str),
+    /// A namespace, by name (the call itself may run in another namespace).
+    Namespace(&'a str),
+    /// A container record, by ID.
+    Container(&'a str),
+    /// A lease, by ID.
+    Lease(&'a str),
 }
 
 /// A failed gRPC call after explanation; keeps the code so callers (and tests) can branch on it.
@@ -62,6 +68,35 @@ fn explain(status: &Status, address: &str, namespace: &str, subject: Subject<'_>
         (Code::AlreadyExists, Subject::Content(digest)) => {
             format!("content {digest} already exists in namespace {namespace}")
         }
+        (Code::NotFound, Subject::Namespace(name)) => {
+            format!("namespace {name} not found (list namespaces with `berth namespaces ls`)")
+        }
+        (Code::NotFound, Subject::Container(id)) => format!(
+            "container {id} not found in namespace {namespace} (list containers with `berth -n {namespace} containers ls`)"
+        ),
+        (Code::NotFound, Subject::Lease(id)) => {
+            format!("lease {id} not found in namespace {namespace} (list leases with `berth -n {namespace} leases ls`)")
+        }
+        (Code::AlreadyExists, Subject::Namespace(name)) => format!(
+            "namespace {name} already exists (change its labels with `berth namespaces label {name} KEY=VALUE`)"
+        ),
+        (Code::AlreadyExists, Subject::Container(id)) => format!(
+            "container {id} already exists in namespace {namespace} (pick another ID, or remove it first with \
+             `berth -n {namespace} containers rm {id}`)"
+        ),
+        (Code::AlreadyExists, Subject::Lease(id)) => format!(
+            "lease {id} already exists in namespace {namespace} (pick another --id, or leave --id out for a random one)"
+        ),
+        (Code::FailedPrecondition, Subject::Namespace(name)) => {
+            // The server's message usually names the namespace already.
+            let what =
+                if message.contains(name) { message.to_string() } else { format!("namespace {name}: {message}") };
+            format!(
+                "refused: {what} (remove those first; see `berth -n {name} containers ls`, \
+                 `berth -n {name} leases ls` and `berth -n {name} content ls`)"
+            )
+        }
+        (Code::Aborted, _) => format!("conflicting change: {message} (another client changed it at the same time)"),
         (Code::Unavailable, Subject::Ingest(reference)) => format!(
             "ingest {reference:?} is busy: another writer holds it ({message}); wait for it to finish or use another ref"
         ),
@@ -145,6 +180,36 @@ mod tests {
     fn unavailable_from_a_live_server_is_not_a_connect_failure() {
         let text = explained(Status::unavailable("ref r locked"), Subject::Ingest("r"));
         assert!(text.starts_with("ingest \"r\" is busy"), "{text}");
+    }
+
+    #[test]
+    fn records_are_named_with_their_namespace_and_the_command_to_list_them() {
+        let text = explained(Status::not_found("container web: not found"), Subject::Container("web"));
+        assert_eq!(
+            text,
+            "container web not found in namespace ns1 (list containers with `berth -n ns1 containers ls`)"
+        );
+        let text = explained(Status::not_found("lease l: not found"), Subject::Lease("l"));
+        assert!(text.starts_with("lease l not found in namespace ns1") && text.contains("leases ls"), "{text}");
+        let text = explained(Status::not_found("namespace x: not found"), Subject::Namespace("x"));
+        assert_eq!(text, "namespace x not found (list namespaces with `berth namespaces ls`)");
+        let text = explained(Status::already_exists("container web: already exists"), Subject::Container("web"));
+        assert!(text.contains("already exists in namespace ns1") && text.contains("containers rm web"), "{text}");
+        let text = explained(Status::already_exists("lease l"), Subject::Lease("l"));
+        assert!(text.contains("--id"), "{text}");
+    }
+
+    #[test]
+    fn a_busy_namespace_says_what_to_remove() {
+        let status = Status::failed_precondition("namespace busy must be empty, but it still has 1 containers");
+        let text = explained(status, Subject::Namespace("busy"));
+        assert!(
+            text.starts_with("refused: namespace busy must be empty, but it still has 1 containers (remove"),
+            "{text}"
+        );
+        assert!(text.contains("berth -n busy containers ls"), "{text}");
+        let text = explained(Status::failed_precondition("not empty"), Subject::Namespace("busy"));
+        assert!(text.starts_with("refused: namespace busy: not empty (remove"), "{text}");
     }
 
     #[test]

@@ -8,9 +8,11 @@ pub mod args;
 pub mod client;
 pub mod commands;
 pub mod errors;
+pub mod events;
 pub mod ingest;
 pub mod output;
 pub mod progress;
+pub mod spec;
 
 use std::process::ExitCode;
 
@@ -72,5 +74,9 @@ async fn dispatch(client: &Client, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Version(args) => commands::version::run(client, args).await,
         Command::Content(command) => commands::content::run(client, command).await,
+        Command::Namespaces(command) => commands::namespaces::run(client, command).await,
+        Command::Containers(command) => commands::containers::run(client, command).await,
+        Command::Leases(command) => commands::leases::run(client, command).await,
+        Command::Events(args) => commands::events::run(client, args).await,
     }
 }

@@ -156,6 +156,37 @@ pub fn rfc3339(timestamp: Option<&Timestamp>) -> Option<String> {
     timestamp.map(|timestamp| timestamp.to_string())
 }
 
+/// RFC 3339 text of a timestamp to the second, as ctr shows creation times; `-` when absent.
+pub fn rfc3339_seconds(timestamp: Option<&Timestamp>) -> String {
+    match timestamp {
+        Some(timestamp) => Timestamp { seconds: timestamp.seconds, nanos: 0 }.to_string(),
+        None => "-".to_string(),
+    }
+}
+
+/// A `google.protobuf.Any` as Go's encoding/json shows one: type URL and base64 value.
+pub fn any_json(any: &berth_api::prost_types::Any) -> serde_json::Value {
+    serde_json::json!({"type_url": any.type_url, "value": base64(&any.value)})
+}
+
+/// Standard base64 with padding (what Go's encoding/json does with bytes).
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut text = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                text.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
+            } else {
+                text.push('=');
+            }
+        }
+    }
+    text
+}
+
 /// Labels sorted by key, for stable output.
 pub fn sorted(labels: &HashMap<String, String>) -> BTreeMap<String, String> {
     labels.iter().map(|(key, value)| (key.clone(), value.clone())).collect()
@@ -228,6 +259,23 @@ mod tests {
         assert_eq!(age(Some(&future), now), "Less than a second");
         assert_eq!(rfc3339(Some(&Timestamp { seconds: 0, nanos: 0 })).as_deref(), Some("1970-01-01T00:00:00Z"));
         assert_eq!(rfc3339(None), None);
+    }
+
+    #[test]
+    fn base64_like_go() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64(&[0xff, 0xfe]), "//4=");
+    }
+
+    #[test]
+    fn seconds_timestamps() {
+        let at = Timestamp { seconds: 90, nanos: 123_456_789 };
+        assert_eq!(rfc3339_seconds(Some(&at)), "1970-01-01T00:01:30Z");
+        assert_eq!(rfc3339_seconds(None), "-");
     }
 
     #[test]

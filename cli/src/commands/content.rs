@@ -329,11 +329,9 @@ pub fn parse_digest(text: &str) -> Result<String, String> {
     Ok(text.to_string())
 }
 
-/// Fails early, with the position, on filters the server would reject anyway.
+/// Checks `content ls`/`content active` filters before calling.
 fn check_filters(filters: &[String]) -> anyhow::Result<()> {
-    berth_core::filters::AnyOf::parse(filters)
-        .map(|_| ())
-        .map_err(|err| anyhow::anyhow!("{err} (filters look like labels.\"a.b\"==v or digest~=^sha256:ab)"))
+    crate::args::check_filters(filters, "labels.\"a.b\"==v or digest~=^sha256:ab")
 }
 
 fn short(digest: &str) -> String {
