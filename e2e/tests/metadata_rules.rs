@@ -165,7 +165,7 @@ async fn lease_resources_are_checked() {
     let create =
         |id: &str| in_namespace(leases::CreateRequest { id: id.to_string(), labels: HashMap::new() }, "default");
     client.create(create("l1")).await.unwrap();
-    assert_eq!(client.create(create("bad id")).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(client.create(create("bad/id")).await.unwrap_err().code(), Code::InvalidArgument);
     let bad_expiry = leases::CreateRequest {
         id: "l2".into(),
         labels: [("containerd.io/gc.expire".to_string(), "soon".to_string())].into(),

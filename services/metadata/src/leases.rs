@@ -53,6 +53,20 @@ fn validate_resource(resource: &api::Resource) -> Result<(), Status> {
     Ok(())
 }
 
+/// containerd does not hold lease ids to the identifier rule (ctr makes ids such as
+/// `670857228-9hb-`); berth only refuses what would break its record keys.
+fn validate_id(id: &str) -> Result<(), Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument("lease id must be set"));
+    }
+    if id.len() > 256 || id.contains('/') || id.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(format!(
+            "lease id {id:?}: must be at most 256 characters, without '/' or control characters"
+        )));
+    }
+    Ok(())
+}
+
 /// `algorithm:hex` with the hex length the algorithm needs.
 pub fn is_digest(text: &str) -> bool {
     let Some((algorithm, hex)) = text.split_once(':') else { return false };
@@ -98,7 +112,7 @@ impl LeaseStore {
         id: &str,
         labels: std::collections::HashMap<String, String>,
     ) -> Result<Lease, Status> {
-        berth_core::identifiers::validate("lease id", id)?;
+        validate_id(id)?;
         berth_core::labels::validate(&labels)?;
         if let Some(value) = labels.get(EXPIRE_LABEL)
             && crate::time::parse_rfc3339(value).is_none()
@@ -326,6 +340,15 @@ mod tests {
         ] {
             let resource = api::Resource { id: id.to_string(), r#type: kind.to_string() };
             assert_eq!(validate_resource(&resource).is_ok(), ok, "{kind} {id}");
+        }
+    }
+
+    #[test]
+    fn lease_ids_are_what_ctr_makes() {
+        assert!(validate_id("670857228-9hb-").is_ok());
+        assert!(validate_id("pull.1_x").is_ok());
+        for bad in ["", "a/b", "tab\there", &"x".repeat(257)] {
+            assert_eq!(validate_id(bad).unwrap_err().code(), tonic::Code::InvalidArgument, "{bad:?}");
         }
     }
 
