@@ -80,7 +80,13 @@ fn peers_of(service: &str) -> &'static [&'static str] {
         // Namespace deletes and garbage collection ask what the others hold.
         "metadata" => &["content", "snapshot", "image"],
         // Events, implicit namespaces and lease resources go to metadata.
-        "content" | "snapshot" => &["metadata"],
+        "content" => &["metadata"],
+        // Diff reads and writes layers in content.
+        "snapshot" => &["metadata", "content"],
+        // Pulls write content, unpack into snapshots, take leases and publish events.
+        "image" => &["content", "snapshot", "metadata"],
+        // Container records and events from metadata, rootfs mounts from snapshot.
+        "execution" => &["metadata", "snapshot", "content"],
         _ => &[],
     }
 }

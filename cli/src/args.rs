@@ -6,7 +6,7 @@ use std::time::Duration;
 use berth_core::connect::Address;
 use clap::{Parser, Subcommand};
 
-use crate::commands::{containers, content, events, leases, namespaces, version};
+use crate::commands::{containers, content, events, leases, namespaces, snapshots, version};
 
 /// Where berthd's gateway listens unless told otherwise.
 pub const DEFAULT_ADDRESS: &str = "/run/berth/berth.sock";
@@ -53,6 +53,9 @@ pub enum Command {
     /// Manage container records
     #[command(subcommand, visible_aliases = ["container", "c"])]
     Containers(containers::Command),
+    /// Manage snapshots, and make or apply layers from them
+    #[command(visible_aliases = ["snapshot", "sn"])]
+    Snapshots(snapshots::Group),
     /// Manage leases, which keep content and snapshots from garbage collection
     #[command(subcommand, visible_alias = "lease")]
     Leases(leases::Command),
@@ -225,6 +228,8 @@ mod tests {
             ("c", "containers"),
             ("container", "containers"),
             ("lease", "leases"),
+            ("snapshot", "snapshots"),
+            ("sn", "snapshots"),
         ] {
             let cli = parse(&[alias, "ls"]).unwrap_or_else(|err| panic!("{alias}: {err}"));
             let parsed = format!("{:?}", cli.command);

@@ -3,9 +3,11 @@
 
 use berth_api::containerd::services::containers::v1::containers_client::ContainersClient;
 use berth_api::containerd::services::content::v1::content_client::ContentClient;
+use berth_api::containerd::services::diff::v1::diff_client::DiffClient;
 use berth_api::containerd::services::events::v1::events_client::EventsClient;
 use berth_api::containerd::services::leases::v1::leases_client::LeasesClient;
 use berth_api::containerd::services::namespaces::v1::namespaces_client::NamespacesClient;
+use berth_api::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
 use berth_api::containerd::services::version::v1::version_client::VersionClient;
 use berth_core::connect::{Address, lazy_channel};
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
@@ -94,6 +96,16 @@ impl Client {
 
     pub fn leases(&self) -> LeasesClient<Transport> {
         LeasesClient::with_interceptor(self.channel.clone(), self.namespaced.clone())
+    }
+
+    pub fn snapshots(&self) -> SnapshotsClient<Transport> {
+        // Listings of many snapshots with labels come in pages, but allow big ones.
+        SnapshotsClient::with_interceptor(self.channel.clone(), self.namespaced.clone())
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    pub fn diff(&self) -> DiffClient<Transport> {
+        DiffClient::with_interceptor(self.channel.clone(), self.namespaced.clone())
     }
 
     pub fn events(&self) -> EventsClient<Transport> {

@@ -19,6 +19,10 @@ pub enum Subject<'a> {
     Container(&'a str),
     /// A lease, by ID.
     Lease(&'a str),
+    /// A snapshot, by key, in a snapshotter.
+    Snapshot { key: &'a str, snapshotter: &'a str },
+    /// A snapshotter as a whole (listing its snapshots).
+    Snapshotter(&'a str),
 }
 
 /// A failed gRPC call after explanation; keeps the code so callers (and tests) can branch on it.
@@ -58,6 +62,14 @@ fn explain(status: &Status, address: &str, namespace: &str, subject: Subject<'_>
         return format!("cannot reach berth at {address} ({why}): is berthd running? (start it with `berthd`)");
     }
     let message = status.message();
+    if let Subject::Snapshot { snapshotter, .. } | Subject::Snapshotter(snapshotter) = subject
+        && message.contains("snapshotter not loaded")
+    {
+        // containerd says NotFound, berth InvalidArgument; either way the flag is the fix.
+        return format!(
+            "{message} (pick another with --snapshotter, e.g. overlayfs or native; asked for {snapshotter})"
+        );
+    }
     match (status.code(), subject) {
         (Code::NotFound, Subject::Content(digest)) => format!(
             "content {digest} not found in namespace {namespace} (list blobs with `berth -n {namespace} content ls`)"
@@ -77,6 +89,16 @@ fn explain(status: &Status, address: &str, namespace: &str, subject: Subject<'_>
         (Code::NotFound, Subject::Lease(id)) => {
             format!("lease {id} not found in namespace {namespace} (list leases with `berth -n {namespace} leases ls`)")
         }
+        (Code::NotFound, Subject::Snapshot { key, snapshotter }) => format!(
+            "{} in namespace {namespace} (list snapshots with `{}`)",
+            naming(message, "snapshot", key),
+            snapshots_command(namespace, snapshotter, "ls")
+        ),
+        (Code::AlreadyExists, Subject::Snapshot { key, snapshotter }) => format!(
+            "{} in namespace {namespace} (pick another key, or remove it first with `{}`)",
+            naming(message, "snapshot", key),
+            snapshots_command(namespace, snapshotter, &format!("rm {key}"))
+        ),
         (Code::AlreadyExists, Subject::Namespace(name)) => format!(
             "namespace {name} already exists (change its labels with `berth namespaces label {name} KEY=VALUE`)"
         ),
@@ -118,6 +140,21 @@ fn explain(status: &Status, address: &str, namespace: &str, subject: Subject<'_>
         (Code::PermissionDenied | Code::Unauthenticated, _) => format!("permission denied by berth: {message}"),
         (code, _) => format!("{}: {message}", code_name(code)),
     }
+}
+
+/// `message` as is when it names `name`, else prefixed with `what name: `.
+fn naming(message: &str, what: &str, name: &str) -> String {
+    if message.contains(name) { message.to_string() } else { format!("{what} {name}: {message}") }
+}
+
+/// The `berth snapshots` command line that runs `rest` in the same namespace and snapshotter.
+fn snapshots_command(namespace: &str, snapshotter: &str, rest: &str) -> String {
+    let flag = if snapshotter == crate::commands::snapshots::DEFAULT_SNAPSHOTTER {
+        String::new()
+    } else {
+        format!(" --snapshotter {snapshotter}")
+    };
+    format!("berth -n {namespace} snapshots{flag} {rest}")
 }
 
 /// The I/O error behind a failed connection attempt, if that is what `status` reports.
@@ -210,6 +247,28 @@ mod tests {
         assert!(text.contains("berth -n busy containers ls"), "{text}");
         let text = explained(Status::failed_precondition("not empty"), Subject::Namespace("busy"));
         assert!(text.starts_with("refused: namespace busy: not empty (remove"), "{text}");
+    }
+
+    #[test]
+    fn snapshots_are_named_with_their_snapshotter_and_the_command_to_list_them() {
+        let subject = Subject::Snapshot { key: "k", snapshotter: "native" };
+        let text = explained(Status::not_found("snapshot \"k\" does not exist"), subject);
+        assert_eq!(
+            text,
+            "snapshot \"k\" does not exist in namespace ns1 (list snapshots with `berth -n ns1 snapshots --snapshotter native ls`)"
+        );
+        let subject = Subject::Snapshot { key: "k", snapshotter: "overlayfs" };
+        let text = explained(Status::not_found("parent snapshot \"p\" does not exist"), subject);
+        assert!(text.starts_with("snapshot k: parent snapshot \"p\" does not exist in namespace ns1"), "{text}");
+        assert!(text.ends_with("`berth -n ns1 snapshots ls`)"), "{text}");
+        let text = explained(Status::already_exists("snapshot \"k\" already exists"), subject);
+        assert!(text.ends_with("remove it first with `berth -n ns1 snapshots rm k`)"), "{text}");
+        for status in
+            [Status::invalid_argument("snapshotter not loaded: zfs"), Status::not_found("snapshotter not loaded: zfs")]
+        {
+            let text = explained(status, Subject::Snapshotter("zfs"));
+            assert!(text.starts_with("snapshotter not loaded: zfs (pick another with --snapshotter"), "{text}");
+        }
     }
 
     #[test]

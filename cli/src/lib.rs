@@ -76,6 +76,7 @@ async fn dispatch(client: &Client, command: Command) -> anyhow::Result<()> {
         Command::Content(command) => commands::content::run(client, command).await,
         Command::Namespaces(command) => commands::namespaces::run(client, command).await,
         Command::Containers(command) => commands::containers::run(client, command).await,
+        Command::Snapshots(group) => commands::snapshots::run(client, group).await,
         Command::Leases(command) => commands::leases::run(client, command).await,
         Command::Events(args) => commands::events::run(client, args).await,
     }

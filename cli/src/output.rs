@@ -92,6 +92,19 @@ pub fn human_size(bytes: u64) -> String {
     format!("{}{}", four_significant(size), UNITS[unit])
 }
 
+/// Size in binary units as ctr's `snapshots usage` shows it (containerd's progress.Bytes):
+/// `12.0 B`, `4.0 KiB`, `1.5 MiB`. Negative sizes (none should come) show as 0.
+pub fn binary_size(bytes: i64) -> String {
+    const UNITS: [&str; 9] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB"];
+    let mut size = bytes.max(0) as f64;
+    let mut unit = 0;
+    while size >= 1024.0 && unit < UNITS.len() - 1 {
+        size /= 1024.0;
+        unit += 1;
+    }
+    format!("{size:.1} {}", UNITS[unit])
+}
+
 /// Go's `%.4g` for the values human_size produces (0 ≤ v < 1e6).
 fn four_significant(value: f64) -> String {
     if value == 0.0 {
@@ -231,6 +244,17 @@ mod tests {
         assert_eq!(human_size(1 << 20), "1.049MB");
         assert_eq!(human_size(536_870_912), "536.9MB");
         assert_eq!(human_size(999_960), "1000kB");
+    }
+
+    #[test]
+    fn binary_sizes_like_containerd_progress() {
+        assert_eq!(binary_size(0), "0.0 B");
+        assert_eq!(binary_size(12), "12.0 B");
+        assert_eq!(binary_size(1023), "1023.0 B");
+        assert_eq!(binary_size(4096), "4.0 KiB");
+        assert_eq!(binary_size(1_572_864), "1.5 MiB");
+        assert_eq!(binary_size(3 << 30), "3.0 GiB");
+        assert_eq!(binary_size(-1), "0.0 B");
     }
 
     #[test]

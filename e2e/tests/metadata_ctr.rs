@@ -228,3 +228,35 @@ async fn ctr_events_shows_an_event_for_each_change() {
     assert_eq!(own, want_own, "events in order of the changes: {seen:?}");
     assert!(seen.contains(&"/content/delete"), "content publishes its deletes: {seen:?}");
 }
+
+/// ctr's container commands on a real image record: `ctr images import` (which unpacks through
+/// berth's content, snapshot and diff services), then `ctr containers create IMAGE ID`.
+#[tokio::test]
+async fn ctr_containers_create_from_an_image_record() {
+    use berth_e2e::images::{ArchiveFormat, busybox};
+    require_tool("ctr");
+    berth_e2e::require_root();
+    let stack = Stack::start().await;
+    let archive = stack.dir.path().join("busybox.tar");
+    busybox().write_archive(ArchiveFormat::Oci, &archive, "berth.test/busybox:1");
+    let archive = archive.to_str().unwrap();
+    ok(stack.ctr(&["images", "import", "--base-name", "berth.test/busybox", archive]));
+    let image = "berth.test/busybox:1";
+
+    ok(stack.ctr(&["containers", "create", "--label", "app=shell", image, "shell"]));
+    let listed = ok(stack.ctr(&["containers", "ls"]));
+    let line = listed.lines().find(|l| l.starts_with("shell")).unwrap_or_else(|| panic!("{listed}"));
+    assert!(line.contains(image) && line.contains("io.containerd.runc.v2"), "{line}");
+    let info: serde_json::Value = serde_json::from_str(&ok(stack.ctr(&["containers", "info", "shell"]))).unwrap();
+    assert_eq!(info["Image"], image);
+    assert_eq!(info["SnapshotKey"], "shell");
+    assert_eq!(info["Labels"]["app"], "shell");
+    assert_eq!(info["Spec"]["process"]["args"][0], "sh", "the spec comes from the image config: {info}");
+    let snapshots = ok(stack.ctr(&["snapshots", "ls"]));
+    assert!(snapshots.lines().any(|l| l.starts_with("shell ")), "ctr prepared the rootfs: {snapshots}");
+
+    ok(stack.ctr(&["containers", "rm", "shell"]));
+    assert_eq!(ok(stack.ctr(&["containers", "ls", "-q"])), "");
+    let snapshots = ok(stack.ctr(&["snapshots", "ls"]));
+    assert!(!snapshots.lines().any(|l| l.starts_with("shell ")), "its snapshot went with it: {snapshots}");
+}

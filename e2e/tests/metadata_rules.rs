@@ -360,3 +360,69 @@ async fn gc_frees_a_deleted_containers_snapshot_chain_and_keeps_leased_snapshots
     leases.delete(in_namespace(leases::DeleteRequest { id: "unpack".into(), sync: true }, "default")).await.unwrap();
     assert_eq!(snapshot_names(&stack).await, Vec::<String>::new(), "the lease's snapshot and then its parent go");
 }
+
+#[tokio::test]
+async fn writes_under_a_lease_are_held_by_it() {
+    use berth_e2e::content::{commit, write};
+    let stack = Stack::start().await;
+    let mut leases = LeasesClient::new(stack.channel());
+    let lease = leases::CreateRequest { id: "ingest-lease".into(), labels: HashMap::new() };
+    leases.create(in_namespace(lease, "default")).await.unwrap();
+
+    let data = b"written under a lease";
+    let digest = berth_e2e::digest_of(data);
+    let mut content =
+        containerd_client::services::v1::content_client::ContentClient::new(stack.containerd_channel().await);
+    let messages = vec![write("leased-ref", 0, data), commit("leased-ref", data.len() as i64, &digest)];
+    let mut request = in_namespace(tokio_stream::iter(messages), "default");
+    request.metadata_mut().insert("containerd-lease", "ingest-lease".parse().unwrap());
+    let mut responses = content.write(request).await.unwrap().into_inner();
+    while responses.message().await.unwrap().is_some() {}
+
+    let listed =
+        leases.list_resources(in_namespace(leases::ListResourcesRequest { id: "ingest-lease".into() }, "default"));
+    let mut resources: Vec<(String, String)> =
+        listed.await.unwrap().into_inner().resources.into_iter().map(|r| (r.r#type, r.id)).collect();
+    resources.sort();
+    assert_eq!(resources, [("content".to_string(), digest.clone()), ("ingests".to_string(), "leased-ref".to_string())]);
+    GcClient::new(stack.channel()).collect(CollectRequest {}).await.unwrap();
+    assert!(exists(&stack, &digest).await, "the lease keeps the blob");
+
+    // Writing it again under the lease gives AlreadyExists, and the blob is held all the same.
+    leases
+        .delete(in_namespace(leases::DeleteRequest { id: "ingest-lease".into(), sync: false }, "default"))
+        .await
+        .unwrap();
+    leases
+        .create(in_namespace(leases::CreateRequest { id: "second".into(), labels: HashMap::new() }, "default"))
+        .await
+        .unwrap();
+    let mut again = in_namespace(tokio_stream::iter(vec![berth_api_write_with_expected("again", &digest)]), "default");
+    again.metadata_mut().insert("containerd-lease", "second".parse().unwrap());
+    let status = match content.write(again).await {
+        Ok(response) => response.into_inner().message().await.unwrap_err(),
+        Err(status) => status,
+    };
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    GcClient::new(stack.channel()).collect(CollectRequest {}).await.unwrap();
+    assert!(exists(&stack, &digest).await, "the second lease holds the existing blob");
+
+    // A lease that does not exist is refused before anything is written.
+    let mut missing = in_namespace(tokio_stream::iter(vec![write("orphan-ref", 0, b"x")]), "default");
+    missing.metadata_mut().insert("containerd-lease", "no-such-lease".parse().unwrap());
+    let status = match content.write(missing).await {
+        Ok(response) => response.into_inner().message().await.unwrap_err(),
+        Err(status) => status,
+    };
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+}
+
+/// A STAT that names the digest the client is about to write (as containerd's client does).
+fn berth_api_write_with_expected(
+    reference: &str,
+    digest: &str,
+) -> containerd_client::services::v1::WriteContentRequest {
+    let mut request = berth_e2e::content::stat(reference);
+    request.expected = digest.to_string();
+    request
+}

@@ -36,13 +36,29 @@ async fn version_and_plugins_answer_through_the_gateway() {
 
 #[tokio::test]
 async fn a_service_that_is_not_running_is_unavailable_within_a_second() {
-    // Execution is the service not built yet; when it is, start a stack without it here.
-    assert!(!berth_e2e::bin_dir().join("berth-execution").exists(), "pick a service that is not built");
-    let stack = Stack::start().await;
-    let mut tasks = TasksClient::new(stack.containerd_channel().await);
+    // Every service is built now: a gateway started alone, with only a content backend,
+    // has no execution service behind it.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("gateway.sock");
+    let mut gateway = Command::new(binary("berth-gateway"))
+        .arg("--address")
+        .arg(&socket)
+        .arg("--backend")
+        .arg(format!("content={}", dir.path().join("content.sock").display()))
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(procs::wait_until(Duration::from_secs(10), || socket.exists()), "the gateway serves");
+    let channel = containerd_client::connect(&socket).await.unwrap();
+    let mut tasks = TasksClient::new(channel);
     let started = Instant::now();
-    let err = tasks.list(ListTasksRequest { filter: String::new() }).await.expect_err("no execution service yet");
-    assert!(started.elapsed() < Duration::from_millis(1500), "took {:?}", started.elapsed());
+    let result = tasks.list(ListTasksRequest { filter: String::new() }).await;
+    let elapsed = started.elapsed();
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+    let err = result.expect_err("no execution service behind this gateway");
+    assert!(elapsed < Duration::from_millis(1500), "took {elapsed:?}");
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     assert!(err.message().contains("execution"), "names the service: {}", err.message());
 }

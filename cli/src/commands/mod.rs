@@ -5,6 +5,7 @@ pub mod content;
 pub mod events;
 pub mod leases;
 pub mod namespaces;
+pub mod snapshots;
 pub mod version;
 
 use std::collections::HashMap;

@@ -307,20 +307,43 @@ async fn write_session(
     if let Some(lease) = &lease {
         neighbours.leases.add(&ns, lease, "ingests", &first.r#ref).await?;
     }
-    let mut writer =
-        store.writer(&ns, &first.r#ref, first.total, expected_of(&first.expected)?).await.map_err(to_status)?;
-    let outcome = drive(&mut writer, first, &mut requests, responses).await;
+    let expected = expected_of(&first.expected)?;
+    let held = LeaseHold { neighbours: &neighbours, ns: &ns, lease: lease.as_deref() };
+    let mut writer = match store.writer(&ns, &first.r#ref, first.total, expected.clone()).await {
+        Ok(writer) => writer,
+        Err(error) => {
+            let status = to_status(error);
+            // The blob is already here: clients take that as success, so it must be leased too.
+            if status.code() == tonic::Code::AlreadyExists
+                && let Some(expected) = &expected
+            {
+                held.hold(&expected.to_string()).await?;
+            }
+            return Err(status);
+        }
+    };
+    let outcome = drive(&mut writer, first, &mut requests, responses, &held).await;
     writer.release().await;
     if let Some(last) = outcome? {
-        if let Some(lease) = &lease
-            && let Err(status) = neighbours.leases.add(&ns, lease, "content", &last.digest).await
-        {
-            // The blob is committed; an error now would make the client retry a finished write.
-            tracing::warn!(lease, digest = last.digest, "could not add the blob to its lease: {status}");
-        }
         let _ = responses.send(Ok(last)).await;
     }
     Ok(())
+}
+
+/// The lease a Write runs under, if any: what it commits is added to it.
+struct LeaseHold<'a> {
+    neighbours: &'a Neighbours,
+    ns: &'a str,
+    lease: Option<&'a str>,
+}
+
+impl LeaseHold<'_> {
+    async fn hold(&self, digest: &str) -> Result<(), Status> {
+        match self.lease {
+            Some(lease) => self.neighbours.leases.add(self.ns, lease, "content", digest).await,
+            None => Ok(()),
+        }
+    }
 }
 
 /// Answers each request of the stream; returns the COMMIT response, to be sent once the ref is free.
@@ -329,19 +352,43 @@ async fn drive(
     first: api::WriteContentRequest,
     requests: &mut mpsc::Receiver<Result<api::WriteContentRequest, Status>>,
     responses: &mpsc::Sender<Result<api::WriteContentResponse, Status>>,
+    held: &LeaseHold<'_>,
 ) -> Result<Option<api::WriteContentResponse>, Status> {
     let mut request = first;
     loop {
         let action = api::WriteAction::try_from(request.action)
             .map_err(|_| Status::invalid_argument(format!("unknown write action {}", request.action)))?;
         writer.update(request.total, expected_of(&request.expected)?).await.map_err(to_status)?;
+        // Under a lease the blob is held before it exists: the collector must never see it
+        // committed and not yet held.
+        let held_before = if action == api::WriteAction::Commit {
+            let known = match expected_of(&request.expected)? {
+                Some(expected) => Some(expected.to_string()),
+                None if request.data.is_empty() => Some(writer.progress().map_err(to_status)?.digest.to_string()),
+                None => None,
+            };
+            if let Some(digest) = &known {
+                held.hold(digest).await?;
+            }
+            known
+        } else {
+            None
+        };
         let progress = match action {
             api::WriteAction::Stat => writer.progress(),
             api::WriteAction::Write => writer.write(request.offset, request.data).await,
             api::WriteAction::Commit => writer.commit(request.offset, request.data, request.labels).await,
-        }
-        .map_err(to_status)?;
+        };
+        // An AlreadyExists here (committed by someone else meanwhile) was held above already.
+        let progress = progress.map_err(to_status)?;
         if action == api::WriteAction::Commit {
+            let digest = progress.digest.to_string();
+            if held_before.as_deref() != Some(digest.as_str())
+                && let Err(status) = held.hold(&digest).await
+            {
+                // The blob is committed; an error now would make the client retry a finished write.
+                tracing::warn!(digest, "could not add the blob to its lease: {status}");
+            }
             return Ok(Some(response(action, progress)));
         }
         if responses.send(Ok(response(action, progress))).await.is_err() {

@@ -186,15 +186,19 @@ impl Collector {
         next_expiry: &mut Option<SystemTime>,
     ) -> Result<(), Status> {
         // Everything is listed before anything is removed: a service that cannot be asked
-        // stops the sweep of this namespace.
+        // stops the sweep of this namespace. The order matters. Clients hand protection from a
+        // lease to a root (create the image or container, then delete the lease), so leases
+        // are read before roots: whichever moment the hand-over happens, one of the two is
+        // seen. Blobs and snapshots come last, so anything made after the roots were read is
+        // newer than `start` and left for the next collection.
+        let leases = self.leases.records_in(namespace).await?;
         let images = self.inventory.images(namespace).await?;
+        let containers = self.containers.list(namespace, &[]).await?;
         let blobs = self.inventory.blobs(namespace).await?;
         let mut snapshots = HashMap::new();
         for snapshotter in SNAPSHOTTERS {
             snapshots.insert(snapshotter.to_string(), self.inventory.snapshots(namespace, snapshotter).await?);
         }
-        let containers = self.containers.list(namespace, &[]).await?;
-        let leases = self.leases.records_in(namespace).await?;
 
         let blob_labels: HashMap<&str, &HashMap<String, String>> =
             blobs.iter().map(|b| (b.digest.as_str(), &b.labels)).collect();

@@ -11,8 +11,11 @@
 //! - [`service::SnapshotsService`] adapts them to the generated tonic server and publishes
 //!   [`events`] to whatever [`events::Publisher`] it is given;
 //! - [`mount`] performs the mounts snapshotters hand out (for Diff and tests);
-//! - [`server`] binds the unix socket and serves.
+//! - [`diff`] is containerd's Diff service (`containerd.services.diff.v1`): Apply unpacks a
+//!   layer from the content service onto snapshot mounts, Diff writes one into it;
+//! - [`server`] binds the unix socket and serves both.
 
+pub mod diff;
 pub mod disk;
 pub mod driver;
 pub mod error;
@@ -27,6 +30,7 @@ pub mod snapshotter;
 pub mod snapshotters;
 mod time;
 
+pub use diff::DiffService;
 pub use error::Error;
 pub use info::{Info, Kind, Usage};
 pub use mount::Mount;

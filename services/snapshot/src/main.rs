@@ -1,22 +1,23 @@
-//! `berth-snapshot --root DIR --listen SOCK [--metadata local|etcd://...]`: the snapshot
-//! service alone.
+//! `berth-snapshot --root DIR --listen SOCK [--metadata local|etcd://...] [--peer NAME=ADDR]`:
+//! the snapshot service (Snapshots and Diff) alone.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use berth_snapshot::{SnapshotsService, Snapshotters, server};
+use berth_snapshot::{DiffService, SnapshotsService, Snapshotters, server};
 use berth_store::Backend;
 use clap::Parser;
 
 /// How long open calls may take to finish after SIGTERM/SIGINT.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// containerd's snapshots service (overlayfs and native snapshotters) on a unix socket.
+/// containerd's snapshots service (overlayfs and native snapshotters) and diff service on a
+/// unix socket.
 #[derive(Parser, Debug)]
 #[command(name = "berth-snapshot", version)]
 struct Args {
-    /// Directory holding overlayfs/, native/ and snapshot.redb.
+    /// Directory holding overlayfs/, native/, tmpmounts/ and snapshot.redb.
     #[arg(long)]
     root: PathBuf,
     /// Unix socket to serve gRPC on.
@@ -26,7 +27,8 @@ struct Args {
     #[arg(long, default_value = "local")]
     metadata: String,
     /// A peer service, NAME=ADDRESS[,ADDRESS]: with `metadata`, snapshot publishes its events
-    /// there, registers namespaces and adds snapshots made under a lease to it.
+    /// there, registers namespaces and adds snapshots made under a lease to it; Diff reads
+    /// and writes layers in `content`.
     #[arg(long = "peer")]
     peers: Vec<String>,
 }
@@ -47,6 +49,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("open the snapshotters in {}", args.root.display()))?;
     let loaded: Vec<&str> = snapshotters.names().collect();
+    let peers = berth_peers::Peers::parse(&args.peers)?;
+    // Before the socket takes calls: cleans up mounts a killed predecessor left.
+    let diff = DiffService::new(&args.root, &peers);
     let listener = server::bind(&args.listen).await?;
     tracing::info!(
         root = %args.root.display(),
@@ -55,9 +60,8 @@ async fn main() -> anyhow::Result<()> {
         "berth-snapshot serving"
     );
 
-    let peers = berth_peers::Peers::parse(&args.peers)?;
     berth_core::lifecycle::run_until_signal("berth-snapshot", &args.listen, DRAIN_TIMEOUT, |shutdown| {
-        server::serve(listener, SnapshotsService::new(snapshotters).with_peers(&peers), shutdown)
+        server::serve(listener, SnapshotsService::new(snapshotters).with_peers(&peers), diff, shutdown)
     })
     .await?;
     Ok(())

@@ -6,6 +6,7 @@ use std::path::Path;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
+use crate::diff::DiffService;
 use crate::service::SnapshotsService;
 
 pub use berth_core::lifecycle::ServeError;
@@ -15,15 +16,17 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ServeError> {
     Ok(berth_core::listen::bind(path).await?)
 }
 
-/// Serves `service` on `listener` until `shutdown` resolves, then drains open calls.
+/// Serves `snapshots` and `diff` on `listener` until `shutdown` resolves, then drains open calls.
 pub async fn serve(
     listener: UnixListener,
-    service: SnapshotsService,
+    snapshots: SnapshotsService,
+    diff: DiffService,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     tonic::transport::Server::builder()
         .layer(berth_telemetry::context::ServerLayer::new("snapshot"))
-        .add_service(service.into_server())
+        .add_service(snapshots.into_server())
+        .add_service(diff.into_server())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await?;
     Ok(())

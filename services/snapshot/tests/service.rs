@@ -56,7 +56,8 @@ async fn start() -> Server {
     let listener = server::bind(&socket).await.unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(async move {
-        server::serve(listener, service, async {
+        let diff = berth_snapshot::DiffService::new(&root, &berth_peers::Peers::default());
+        server::serve(listener, service, diff, async {
             let _ = stopped.await;
         })
         .await
@@ -336,4 +337,40 @@ async fn a_client_that_hangs_up_leaves_no_half_made_snapshot() {
     let root = server._dir.path().join("root/native/snapshots");
     let dirs = std::fs::read_dir(&root).unwrap().count();
     assert_eq!(dirs, infos.len(), "every record has its directory and no directory lacks one: {infos:?}");
+}
+
+#[tokio::test]
+async fn diff_is_served_on_the_same_socket_and_checks_before_it_needs_content() {
+    use berth_api::containerd::services::diff::v1::ApplyRequest;
+    use berth_api::containerd::services::diff::v1::diff_client::DiffClient;
+    use berth_api::containerd::types::{Descriptor, Mount};
+
+    let server = start().await;
+    let socket = server._dir.path().join("snapshot.sock");
+    let mut diff = DiffClient::new(lazy_channel(&Address::Unix(socket)));
+    let layer = |media_type: &str| Descriptor {
+        media_type: media_type.into(),
+        digest: format!("sha256:{}", "ab".repeat(32)),
+        size: 10,
+        annotations: HashMap::new(),
+    };
+    let mounts = vec![Mount {
+        r#type: "bind".into(),
+        source: "/nonexistent".into(),
+        target: String::new(),
+        options: vec!["rw".into(), "rbind".into()],
+    }];
+    let apply = |media_type: &str, mounts: Vec<Mount>| {
+        in_ns(ApplyRequest { diff: Some(layer(media_type)), mounts, payloads: HashMap::new() }, "default")
+    };
+
+    let refused = diff.apply(apply("application/vnd.oci.image.config.v1+json", mounts.clone())).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("unsupported layer media type"), "{refused:?}");
+    let no_mounts = diff.apply(apply("application/vnd.oci.image.layer.v1.tar", Vec::new())).await.unwrap_err();
+    assert_eq!(no_mounts.code(), Code::InvalidArgument, "{no_mounts:?}");
+    // Started without a content peer: a well-formed request says what is missing.
+    let no_content = diff.apply(apply("application/vnd.oci.image.layer.v1.tar+gzip", mounts)).await.unwrap_err();
+    assert_eq!(no_content.code(), Code::FailedPrecondition, "{no_content:?}");
+    assert!(no_content.message().contains("--peer content="), "{no_content:?}");
 }

@@ -157,39 +157,38 @@ impl Embedded {
     /// Commits whatever is queued, batch after batch, until the queue is empty. Runs on one
     /// blocking thread at a time: callers that arrive meanwhile join the next batch, so many
     /// concurrent commits share one fsync (group commit).
-    fn drain_blocking(&self) {
+    fn drain_blocking(self) {
         /// Should a batch panic, the next commit starts a new drain instead of waiting forever.
-        struct Reset<'a>(&'a Mutex<Queue>);
-        impl Drop for Reset<'_> {
+        struct Reset(Arc<Mutex<Queue>>);
+        impl Drop for Reset {
             fn drop(&mut self) {
                 if std::thread::panicking() {
                     self.0.lock().unwrap_or_else(|p| p.into_inner()).draining = false;
                 }
             }
         }
-        let _reset = Reset(&self.queue);
-        loop {
-            let batch = {
-                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let queue = self.queue.clone();
+        let _reset = Reset(queue.clone());
+        let mut this = Some(self);
+        while let Some(store) = &this {
+            let batch = std::mem::take(&mut queue.lock().unwrap_or_else(|p| p.into_inner()).pending);
+            let (txns, replies): (Vec<Txn>, Vec<_>) = batch.into_iter().unzip();
+            let outcomes = match store.commit_batch_blocking(&txns) {
+                Ok(outcomes) => outcomes,
+                // Nothing of the batch was committed (redb aborts the write transaction).
+                Err(err) => txns.iter().map(|_| Err(StoreError::Backend(err.to_string()))).collect(),
+            };
+            {
+                let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
                 if queue.pending.is_empty() {
                     queue.draining = false;
-                    return;
+                    // Let go of the database before the last replies: a caller that drops the
+                    // store once its commit returned may reopen the file at once.
+                    this = None;
                 }
-                std::mem::take(&mut queue.pending)
-            };
-            let (txns, replies): (Vec<Txn>, Vec<_>) = batch.into_iter().unzip();
-            match self.commit_batch_blocking(&txns) {
-                Ok(outcomes) => {
-                    for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                        let _ = reply.send(outcome);
-                    }
-                }
-                // Nothing of the batch was committed (redb aborts the write transaction).
-                Err(err) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(StoreError::Backend(err.to_string())));
-                    }
-                }
+            }
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(outcome);
             }
         }
     }
