@@ -62,6 +62,14 @@ pub enum Command {
     /// Print events as they happen, until interrupted (Ctrl-C)
     #[command(visible_alias = "event")]
     Events(events::Args),
+    /// Run a container from an image: pull if needed, create, start, wait (like `ctr run`)
+    Run(crate::commands::run::Args),
+    /// Manage tasks, the running processes of containers
+    #[command(subcommand, visible_aliases = ["task", "t"])]
+    Tasks(crate::commands::tasks::Command),
+    /// Pull, list, check, tag, inspect and remove images
+    #[command(subcommand, visible_aliases = ["image", "i"])]
+    Images(crate::commands::images::Command),
 }
 
 /// The namespace a command runs in: `-n`, else $BERTH_NAMESPACE, else $CONTAINERD_NAMESPACE,

@@ -8,6 +8,7 @@ use berth_api::containerd::services::events::v1::events_client::EventsClient;
 use berth_api::containerd::services::leases::v1::leases_client::LeasesClient;
 use berth_api::containerd::services::namespaces::v1::namespaces_client::NamespacesClient;
 use berth_api::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
+use berth_api::containerd::services::tasks::v1::tasks_client::TasksClient;
 use berth_api::containerd::services::version::v1::version_client::VersionClient;
 use berth_core::connect::{Address, lazy_channel};
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
@@ -110,6 +111,18 @@ impl Client {
 
     pub fn events(&self) -> EventsClient<Transport> {
         EventsClient::with_interceptor(self.channel.clone(), self.namespaced.clone())
+    }
+
+    /// The namespaced transport, for clients of services without an accessor here.
+    pub fn transport(&self) -> Transport {
+        InterceptedService::new(self.channel.clone(), self.namespaced.clone())
+    }
+
+    pub fn tasks(&self) -> TasksClient<Transport> {
+        // Specs of execs travel in these calls.
+        TasksClient::with_interceptor(self.channel.clone(), self.namespaced.clone())
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE)
     }
 
     /// Turns a failed call into an error whose message says what happened and what to do.

@@ -9,10 +9,13 @@ pub mod client;
 pub mod commands;
 pub mod errors;
 pub mod events;
+pub mod image_spec;
 pub mod ingest;
 pub mod output;
 pub mod progress;
+pub mod rootfs;
 pub mod spec;
+pub mod taskio;
 
 use std::process::ExitCode;
 
@@ -47,6 +50,10 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // `berth content ls | head` closes our stdout early; that is not worth a message.
         Err(err) if output::is_broken_pipe(&err) => ExitCode::SUCCESS,
+        // The container's own exit status: it said what it had to say.
+        Err(err) if commands::tasks::Exited::of(&err).is_some() => {
+            ExitCode::from(commands::tasks::Exited::of(&err).unwrap_or(1))
+        }
         Err(err) => {
             eprintln!("berth: {err:#}");
             ExitCode::from(1)
@@ -79,5 +86,8 @@ async fn dispatch(client: &Client, command: Command) -> anyhow::Result<()> {
         Command::Snapshots(group) => commands::snapshots::run(client, group).await,
         Command::Leases(command) => commands::leases::run(client, command).await,
         Command::Events(args) => commands::events::run(client, args).await,
+        Command::Run(args) => commands::run::run(client, args).await,
+        Command::Tasks(command) => commands::tasks::run(client, command).await,
+        Command::Images(command) => commands::images::run(client, command).await,
     }
 }

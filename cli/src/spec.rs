@@ -11,7 +11,7 @@ pub const TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Sp
 pub const OCI_VERSION: &str = "1.0.2";
 
 /// containerd's default PATH for processes whose image sets none.
-const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Capabilities containerd grants by default.
 const DEFAULT_CAPABILITIES: [&str; 14] = [
@@ -31,8 +31,10 @@ const DEFAULT_CAPABILITIES: [&str; 14] = [
     "CAP_AUDIT_WRITE",
 ];
 
-/// A minimal Linux spec with containerd's defaults (root user, `rootfs`, the usual mounts,
-/// namespaces and masked paths, cgroup `/<namespace>/<id>`). `args` is the process to run;
+/// A minimal Linux spec with containerd's defaults (root user, `rootfs`, the usual mounts and
+/// the cgroup filesystem read-only, namespaces, masked and read-only paths, no inheritable or
+/// ambient capabilities, RLIMIT_NOFILE 1024:1024 set rather than inherited, cgroup
+/// `/<namespace>/<id>`). `args` is the process to run;
 /// when empty the spec has none, for whoever starts the container to fill in from the image.
 pub fn default_spec(namespace: &str, id: &str, args: &[String]) -> Value {
     let capabilities = DEFAULT_CAPABILITIES.to_vec();
@@ -58,6 +60,7 @@ pub fn default_spec(namespace: &str, id: &str, args: &[String]) -> Value {
             mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
             mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
             mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
+            mount("/sys/fs/cgroup", "cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", "ro"]),
             mount("/run", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
         ],
         "linux": {

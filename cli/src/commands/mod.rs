@@ -3,9 +3,12 @@
 pub mod containers;
 pub mod content;
 pub mod events;
+pub mod images;
 pub mod leases;
 pub mod namespaces;
+pub mod run;
 pub mod snapshots;
+pub mod tasks;
 pub mod version;
 
 use std::collections::HashMap;

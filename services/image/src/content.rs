@@ -81,6 +81,12 @@ impl Content {
         Ok(bytes)
     }
 
+    /// Streams a blob's bytes as the content service sends them.
+    pub async fn read(&self, digest: &str) -> Result<tonic::Streaming<api::ReadContentResponse>, Status> {
+        let call = self.call(api::ReadContentRequest { digest: digest.to_string(), offset: 0, size: 0 });
+        Ok(self.client().read(call).await?.into_inner())
+    }
+
     /// Opens (or resumes) the ingest `reference` of a blob of `total` bytes with digest
     /// `expected`. AlreadyExists when the blob is there already.
     pub async fn ingest(&self, reference: &str, total: i64, expected: &str) -> Result<Ingest, Status> {

@@ -7,15 +7,22 @@
 //! - [`pull::Puller`]: resolving a [`reference`] at its [`registry`], walking [`manifest`]s,
 //!   fetching blobs into the [`content`] service, reporting [`progress`], and [`unpack`]ing
 //!   layers into snapshots;
+//! - [`push`]: images to a registry (mounting what it has in other repositories);
+//! - [`import`] and [`export`]: image archives (OCI layout and docker-archive tars), read
+//!   through [`archive`];
 //! - [`service`] and [`transfer`]: the tonic adapters; [`server`]: the unix socket.
 
+pub mod archive;
 pub mod arrivals;
 pub mod content;
 pub mod digest;
+pub mod export;
 pub mod images;
+pub mod import;
 pub mod manifest;
 pub mod progress;
 pub mod pull;
+pub mod push;
 pub mod records;
 pub mod reference;
 pub mod registry;

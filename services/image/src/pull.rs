@@ -97,13 +97,13 @@ impl PullSpec {
 /// Runs pulls; one per service, shared by every call.
 #[derive(Clone)]
 pub struct Puller {
-    images: ImageStore,
-    content: Option<PeerChannel>,
-    metadata: Option<PeerChannel>,
-    snapshot: Option<PeerChannel>,
+    pub(crate) images: ImageStore,
+    pub(crate) content: Option<PeerChannel>,
+    pub(crate) metadata: Option<PeerChannel>,
+    pub(crate) snapshot: Option<PeerChannel>,
 }
 
-fn to_api(descriptor: &Descriptor) -> types::Descriptor {
+pub(crate) fn to_api(descriptor: &Descriptor) -> types::Descriptor {
     types::Descriptor {
         media_type: descriptor.media_type.clone(),
         digest: descriptor.digest.clone(),
@@ -218,14 +218,14 @@ fn for_unpack<'a>(name: &str, found: &'a [Found], wanted: &[Wanted]) -> Result<&
 }
 
 /// The lease a pull works under (none when there is no metadata service to hold one).
-struct PullLease {
+pub(crate) struct PullLease {
     metadata: Option<PeerChannel>,
     namespace: String,
-    id: Option<String>,
+    pub(crate) id: Option<String>,
 }
 
 impl PullLease {
-    async fn create(metadata: Option<PeerChannel>, namespace: &str) -> Result<PullLease, Status> {
+    pub(crate) async fn create(metadata: Option<PeerChannel>, namespace: &str) -> Result<PullLease, Status> {
         let Some(channel) = &metadata else {
             return Ok(PullLease { metadata, namespace: namespace.to_string(), id: None });
         };
@@ -240,7 +240,7 @@ impl PullLease {
     }
 
     /// Ends the lease: the image record holds what the pull fetched now.
-    async fn release(self) {
+    pub(crate) async fn release(self) {
         let (Some(channel), Some(id)) = (self.metadata, self.id) else { return };
         let delete = DeleteRequest { id: id.clone(), sync: false };
         if let Err(status) = LeasesClient::new(channel).delete(request(&self.namespace, delete)).await {

@@ -96,10 +96,10 @@ impl BlobBody {
 pub struct Registry {
     http: reqwest::Client,
     /// `https://host` or `http://host`.
-    base: String,
-    repository: String,
+    pub(crate) base: String,
+    pub(crate) repository: String,
     /// How references are named in errors.
-    locator: String,
+    pub(crate) locator: String,
     credentials: Option<(String, String)>,
     /// The Authorization header that last worked (a bearer token or basic credentials).
     authorization: Mutex<Option<HeaderValue>>,
@@ -138,7 +138,7 @@ impl Registry {
         })
     }
 
-    fn url(&self, kind: &str, object: &str) -> String {
+    pub(crate) fn url(&self, kind: &str, object: &str) -> String {
         format!("{}/v2/{}/{kind}/{object}", self.base, self.repository)
     }
 
@@ -149,10 +149,24 @@ impl Registry {
         url: &str,
         headers: &[(reqwest::header::HeaderName, String)],
     ) -> Result<reqwest::Response> {
+        self.send_body(method, url, headers, None).await
+    }
+
+    /// [`Registry::send`] with a body (sent again when a challenge is answered).
+    pub(crate) async fn send_body(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(reqwest::header::HeaderName, String)],
+        body: Option<&[u8]>,
+    ) -> Result<reqwest::Response> {
         let build = |authorization: Option<&HeaderValue>| {
             let mut request = self.http.request(method.clone(), url);
             for (name, value) in headers {
                 request = request.header(name, value);
+            }
+            if let Some(body) = body {
+                request = request.body(body.to_vec());
             }
             if let Some(value) = authorization {
                 request = request.header(AUTHORIZATION, value.clone());
@@ -185,7 +199,7 @@ impl Registry {
         Ok(response)
     }
 
-    fn unreachable(&self, err: &reqwest::Error) -> RegistryError {
+    pub(crate) fn unreachable(&self, err: &reqwest::Error) -> RegistryError {
         RegistryError::Unavailable(format!("registry {} unreachable: {}", self.base, describe(err)))
     }
 
@@ -261,7 +275,7 @@ impl Registry {
     }
 
     /// Maps a non-success status to an error about `what`.
-    async fn failure(&self, what: &str, response: reqwest::Response) -> RegistryError {
+    pub(crate) async fn failure(&self, what: &str, response: reqwest::Response) -> RegistryError {
         let status = response.status();
         let body = response.text().await.unwrap_or_default();
         let detail: String = body.chars().take(200).collect();

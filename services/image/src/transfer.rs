@@ -1,15 +1,25 @@
-//! The gRPC adapter of berth's `berth.image.v1.Transfer`: a pull runs as its own task, so it
-//! completes when the client that asked goes away; the client watches its progress stream.
+//! The gRPC adapter of berth's `berth.image.v1.Transfer`: a pull (or import) runs as its own
+//! task, so it completes when the client that asked goes away; the client watches its
+//! progress stream. An import spools the archive to a temporary file first; an export
+//! streams the tar as it is written.
 
-use berth_api::berth::image::v1::PullRequest;
+use std::sync::Arc;
+
 use berth_api::berth::image::v1::transfer_server::{Transfer, TransferServer};
+use berth_api::berth::image::v1::{ExportChunk, ExportRequest, ImportRequest, PullRequest, PushRequest};
+use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::{Request, Response, Status};
+use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use crate::archive::Archive;
+use crate::import::ImportSpec;
 use crate::progress::{Event, Progress};
 use crate::pull::{PullSpec, Puller};
+
+/// Export chunks buffered ahead of the client.
+const EXPORT_AHEAD: usize = 4;
 
 pub struct TransferService {
     puller: Puller,
@@ -25,9 +35,54 @@ impl TransferService {
     }
 }
 
+/// Writes the archive the client streams to an unnamed temporary file and indexes it.
+async fn spool(first: ImportRequest, mut rest: Streaming<ImportRequest>) -> Result<Archive, Status> {
+    let failed = |e: std::io::Error| Status::internal(format!("spooling the archive to a temporary file: {e}"));
+    let file = tokio::task::spawn_blocking(tempfile::tempfile)
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(failed)?;
+    let mut file = tokio::fs::File::from_std(file);
+    file.write_all(&first.data).await.map_err(failed)?;
+    while let Some(message) = rest.message().await? {
+        if message.options.is_some() {
+            return Err(Status::invalid_argument("only the first import message may carry options"));
+        }
+        file.write_all(&message.data).await.map_err(failed)?;
+    }
+    file.flush().await.map_err(failed)?;
+    // The scan reads from the file's position.
+    file.rewind().await.map_err(failed)?;
+    let file = file.into_std().await;
+    tokio::task::spawn_blocking(move || Archive::scan(file)).await.map_err(|e| Status::internal(e.to_string()))?
+}
+
 #[tonic::async_trait]
 impl Transfer for TransferService {
     type PullStream = UnboundedReceiverStream<Event>;
+    type ImportStream = UnboundedReceiverStream<Event>;
+    type ExportStream = ReceiverStream<Result<ExportChunk, Status>>;
+    type PushStream = UnboundedReceiverStream<Event>;
+
+    async fn push(&self, request: Request<PushRequest>) -> Result<Response<Self::PushStream>, Status> {
+        let namespace = berth_core::namespace::of(&request)?;
+        let request = request.into_inner();
+        if request.name.is_empty() {
+            return Err(Status::invalid_argument("name the image to push"));
+        }
+        let (events, stream) = mpsc::unbounded_channel();
+        let puller = self.puller.clone();
+        tokio::spawn(
+            async move {
+                if let Err(status) = puller.push(&namespace, request, Progress::new(events.clone())).await {
+                    tracing::warn!(namespace, code = ?status.code(), "push failed: {}", status.message());
+                    let _ = events.send(Err(status));
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(Response::new(UnboundedReceiverStream::new(stream)))
+    }
 
     async fn pull(&self, request: Request<PullRequest>) -> Result<Response<Self::PullStream>, Status> {
         let namespace = berth_core::namespace::of(&request)?;
@@ -44,5 +99,49 @@ impl Transfer for TransferService {
             .in_current_span(),
         );
         Ok(Response::new(UnboundedReceiverStream::new(stream)))
+    }
+
+    async fn import(&self, request: Request<Streaming<ImportRequest>>) -> Result<Response<Self::ImportStream>, Status> {
+        let namespace = berth_core::namespace::of(&request)?;
+        let mut stream = request.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty import: send the options, then the archive"))?;
+        let options = first
+            .options
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("the first import message must carry the options"))?;
+        let spec = ImportSpec::from_api(options)?;
+        let archive = Arc::new(spool(first, stream).await?);
+        let (events, stream) = mpsc::unbounded_channel();
+        let puller = self.puller.clone();
+        tokio::spawn(
+            async move {
+                if let Err(status) = puller.import(&namespace, spec, archive, Progress::new(events.clone())).await {
+                    tracing::warn!(namespace, code = ?status.code(), "import failed: {}", status.message());
+                    let _ = events.send(Err(status));
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(Response::new(UnboundedReceiverStream::new(stream)))
+    }
+
+    async fn export(&self, request: Request<ExportRequest>) -> Result<Response<Self::ExportStream>, Status> {
+        let namespace = berth_core::namespace::of(&request)?;
+        let names = request.into_inner().names;
+        let (chunks, stream) = mpsc::channel(EXPORT_AHEAD);
+        let puller = self.puller.clone();
+        tokio::spawn(
+            async move {
+                if let Err(status) = puller.export(&namespace, names, chunks.clone()).await {
+                    tracing::warn!(namespace, code = ?status.code(), "export failed: {}", status.message());
+                    let _ = chunks.send(Err(status)).await;
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(Response::new(ReceiverStream::new(stream)))
     }
 }
