@@ -7,6 +7,7 @@
 
 pub mod content;
 pub mod images;
+pub mod outcome;
 pub mod peers;
 pub mod procs;
 pub mod registry;

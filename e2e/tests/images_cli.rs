@@ -2,38 +2,13 @@
 //! `pull` (JSON lines, plain lines, plain HTTP by default for 127.0.0.1, errors that say what
 //! to do), `ls`, `check`, `tag`, `inspect` and `rm`, cross-checked with containerd's `ctr`.
 
-use std::process::Output;
-
 use berth_e2e::images::{self, busybox, layered, multi_platform};
+use berth_e2e::outcome::{failed, ok, stderr, stdout};
 use berth_e2e::registry::Registry;
 use berth_e2e::{Stack, require_root, require_tool};
 use serde_json::Value;
 
 const SNAPSHOTTER: &str = "native";
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn ok(what: &str, output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "{what} failed ({}): {}\nstdout: {}",
-        output.status,
-        stderr(&output),
-        stdout(&output)
-    );
-    stdout(&output)
-}
-
-fn failed(what: &str, output: Output) -> String {
-    assert_eq!(output.status.code(), Some(1), "{what} should have failed; stdout: {}", stdout(&output));
-    stderr(&output)
-}
 
 fn json_lines(text: &str) -> Vec<Value> {
     text.lines().map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))).collect()

@@ -3,36 +3,13 @@
 //! unpack); an export is an OCI layout tar that skopeo reads and copies, and importing it
 //! into another namespace gives the same images.
 
-use std::process::{Command, Output};
+use std::process::Command;
 
 use berth_e2e::images::{self, ArchiveFormat, busybox, multi_platform};
+use berth_e2e::outcome::{failed, ok, stderr, stdout};
 use berth_e2e::registry::Registry;
 use berth_e2e::{Stack, require_root, require_tool};
 use serde_json::Value;
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn ok(what: &str, output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "{what} failed ({}): {}\nstdout: {}",
-        output.status,
-        stderr(&output),
-        stdout(&output)
-    );
-    stdout(&output)
-}
-
-fn failed(what: &str, output: Output) -> String {
-    assert_eq!(output.status.code(), Some(1), "{what} should have failed; stdout: {}", stdout(&output));
-    stderr(&output)
-}
 
 fn line_of<'a>(listing: &'a str, name: &str) -> Option<&'a str> {
     listing.lines().find(|line| line.split_whitespace().next() == Some(name))

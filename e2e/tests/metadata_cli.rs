@@ -3,39 +3,14 @@
 //! `ctr`; and `berth events` printing one line for each change.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
 
+use berth_e2e::outcome::{failed, ok, stdout};
 use berth_e2e::procs::{self, wait_until};
 use berth_e2e::{Stack, require_tool};
 use nix::sys::signal::Signal;
 use serde_json::Value;
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// Stdout of a command that must succeed.
-fn ok(what: &str, output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "{what} failed ({}): {}\nstdout: {}",
-        output.status,
-        stderr(&output),
-        stdout(&output)
-    );
-    stdout(&output)
-}
-
-/// Stderr of a command that must fail with exit code 1.
-fn failed(what: &str, output: Output) -> String {
-    assert_eq!(output.status.code(), Some(1), "{what} should have failed; stdout: {}", stdout(&output));
-    stderr(&output)
-}
 
 fn lines(text: &str) -> Vec<&str> {
     text.lines().collect()

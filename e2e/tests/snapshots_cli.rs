@@ -8,36 +8,11 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use berth_e2e::outcome::{failed, ok, stderr};
 use berth_e2e::{Stack, digest_of, require_root, require_tool};
 use serde_json::Value;
 
 const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// Stdout of a command that must succeed.
-fn ok(what: &str, output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "{what} failed ({}): {}\nstdout: {}",
-        output.status,
-        stderr(&output),
-        stdout(&output)
-    );
-    stdout(&output)
-}
-
-/// Stderr of a command that must fail with exit code 1.
-fn failed(what: &str, output: Output) -> String {
-    assert_eq!(output.status.code(), Some(1), "{what} should have failed; stdout: {}", stdout(&output));
-    stderr(&output)
-}
 
 fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|err| panic!("not JSON ({err}): {text}"))
