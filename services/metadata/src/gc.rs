@@ -148,6 +148,7 @@ impl Collector {
 
     /// One collection over every namespace.
     pub async fn collect(&self) -> Result<CollectResponse, Status> {
+        let _no_additions = self.leases.hold_additions().await;
         let started = Instant::now();
         let start = SystemTime::now();
         let mut removed = Vec::new();
@@ -258,48 +259,28 @@ impl Collector {
             }
         }
 
-        // Mark: follow references until nothing new turns up. Twice: leases are read again
-        // after the first pass, because a client may have added something that already existed
-        // (an identical layer, a shared blob) to a lease meanwhile; only what was still
-        // unreferenced after that second look is swept.
+        // Mark: follow references until nothing new turns up. No resource joins a lease
+        // while this runs (`collect` holds the leases' additions), so the leases read above
+        // stay true until the sweep ends.
         let mut marked_content: HashSet<String> = HashSet::new();
         let mut marked_snapshots: HashSet<(String, String)> = HashSet::new();
-        for pass in 0..2 {
-            if pass == 1 {
-                let now = SystemTime::now();
-                for (_, lease) in self.leases.records_in(namespace).await? {
-                    if lease.expired(now) {
-                        continue;
-                    }
-                    for resource in &lease.resources {
-                        match resource.r#type.split_once('/') {
-                            None if resource.r#type == "content" => content_queue.push(resource.id.clone()),
-                            Some(("snapshots", snapshotter)) => {
-                                snapshot_queue.push((snapshotter.to_string(), resource.id.clone()))
-                            }
-                            _ => {}
-                        }
-                    }
+        while !content_queue.is_empty() || !snapshot_queue.is_empty() {
+            while let Some(digest) = content_queue.pop() {
+                if marked_content.insert(digest.clone())
+                    && let Some(labels) = blob_labels.get(digest.as_str())
+                {
+                    push_refs(labels, &mut content_queue, &mut snapshot_queue);
                 }
             }
-            while !content_queue.is_empty() || !snapshot_queue.is_empty() {
-                while let Some(digest) = content_queue.pop() {
-                    if marked_content.insert(digest.clone())
-                        && let Some(labels) = blob_labels.get(digest.as_str())
-                    {
-                        push_refs(labels, &mut content_queue, &mut snapshot_queue);
-                    }
+            while let Some((snapshotter, key)) = snapshot_queue.pop() {
+                if !marked_snapshots.insert((snapshotter.clone(), key.clone())) {
+                    continue;
                 }
-                while let Some((snapshotter, key)) = snapshot_queue.pop() {
-                    if !marked_snapshots.insert((snapshotter.clone(), key.clone())) {
-                        continue;
+                if let Some(info) = snapshot_infos.get(&(snapshotter.as_str(), key.as_str())) {
+                    if !info.parent.is_empty() {
+                        snapshot_queue.push((snapshotter.clone(), info.parent.clone()));
                     }
-                    if let Some(info) = snapshot_infos.get(&(snapshotter.as_str(), key.as_str())) {
-                        if !info.parent.is_empty() {
-                            snapshot_queue.push((snapshotter.clone(), info.parent.clone()));
-                        }
-                        push_refs(&info.labels, &mut content_queue, &mut snapshot_queue);
-                    }
+                    push_refs(&info.labels, &mut content_queue, &mut snapshot_queue);
                 }
             }
         }

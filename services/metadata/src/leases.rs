@@ -26,6 +26,10 @@ pub struct LeaseStore {
     records: Records,
     namespaces: Arc<NamespaceStore>,
     gc: Trigger,
+    /// Resources join leases under the read side; a collection holds the write side from its
+    /// first read to its last removal, so a blob or snapshot added to a lease meanwhile (an
+    /// identical layer found by a pull) is never swept between the lease read and the removal.
+    additions: tokio::sync::RwLock<()>,
 }
 
 fn not_found(id: &str) -> Status {
@@ -98,7 +102,12 @@ fn to_lease(id: &str, record: &LeaseRecord) -> Lease {
 
 impl LeaseStore {
     pub fn new(records: Records, namespaces: Arc<NamespaceStore>, gc: Trigger) -> Self {
-        LeaseStore { records, namespaces, gc }
+        LeaseStore { records, namespaces, gc, additions: tokio::sync::RwLock::new(()) }
+    }
+
+    /// Holds back AddResource until the guard is dropped (see `additions`).
+    pub async fn hold_additions(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.additions.write().await
     }
 
     async fn read(&self, namespace: &str, id: &str) -> Result<Versioned<LeaseRecord>, Status> {
@@ -225,6 +234,7 @@ impl LeaseStore {
 
     pub async fn add_resource(&self, namespace: &str, id: &str, resource: api::Resource) -> Result<(), Status> {
         validate_resource(&resource)?;
+        let _not_while_collecting = self.additions.read().await;
         let resource = Resource { r#type: resource.r#type, id: resource.id };
         self.change_resources(namespace, id, |resources| {
             if !resources.contains(&resource) {
