@@ -15,6 +15,8 @@ packages=(
   umoci               # builds the offline test images (OCI layouts)
   busybox-static      # the static binary inside the test images
   crun                # second OCI runtime for execution tests
+  openssl             # makes the test CA and certificates for TLS registry tests
+  criu                # checkpoint/restore (its tests skip visibly where `criu check` fails)
 )
 
 missing=()

@@ -34,6 +34,10 @@ struct Args {
     /// How many content service replicas to run (more than one needs etcd metadata).
     #[arg(long, default_value_t = 1)]
     content_replicas: u32,
+    /// Per-registry settings for pulls and pushes, containerd's hosts directory layout
+    /// (DIR/<host[:port]>/hosts.toml); default: the image service's /etc/berth/certs.d.
+    #[arg(long, value_name = "DIR")]
+    registry_config: Option<PathBuf>,
 }
 
 // A current-thread runtime on purpose: children get PR_SET_PDEATHSIG, which fires when the
@@ -49,6 +53,7 @@ async fn main() -> ExitCode {
         tcp: args.tcp,
         metadata: args.metadata,
         content_replicas: args.content_replicas,
+        registry_config: args.registry_config,
     })
     .await;
     match result {

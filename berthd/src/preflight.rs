@@ -111,6 +111,7 @@ mod tests {
             tcp: None,
             metadata: "local".into(),
             content_replicas: 1,
+            registry_config: None,
         }
     }
 

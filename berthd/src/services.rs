@@ -21,6 +21,8 @@ pub struct Options {
     pub tcp: Option<String>,
     pub metadata: String,
     pub content_replicas: u32,
+    /// The image service's per-registry settings directory (hosts.toml); None: its default.
+    pub registry_config: Option<PathBuf>,
 }
 
 /// One process to start and supervise.
@@ -147,6 +149,9 @@ pub fn plan(options: &Options, bin_dir: &Path) -> Result<Plan, PlanError> {
                 "--metadata".into(),
                 options.metadata.clone().into(),
             ];
+            if let (&"image", Some(dir)) = (service, &options.registry_config) {
+                args.extend(["--registry-config".into(), dir.clone().into_os_string()]);
+            }
             for peer in peers_of(service) {
                 if let Some(addresses) = addresses(peer) {
                     args.extend(["--peer".into(), format!("{peer}={addresses}").into()]);
@@ -180,6 +185,7 @@ mod tests {
             tcp: None,
             metadata: metadata.to_string(),
             content_replicas,
+            registry_config: None,
         }
     }
 
@@ -232,6 +238,19 @@ mod tests {
             ]
         );
         assert_eq!(plan.sockets().last().unwrap(), Path::new("/run/berth/berth.sock"));
+    }
+
+    #[test]
+    fn the_image_service_gets_the_registry_settings_directory() {
+        let bin = bin_dir(&["berth-content", "berth-image", "berth-gateway"]);
+        let default = plan(&options("local", 1), bin.path()).unwrap();
+        assert!(default.services.iter().all(|p| !strings(&p.args).contains(&"--registry-config")));
+        let options = Options { registry_config: Some("/etc/certs.d".into()), ..options("local", 1) };
+        let plan = plan(&options, bin.path()).unwrap();
+        let image = plan.services.iter().find(|p| p.name == "image").unwrap();
+        assert!(strings(&image.args).windows(2).any(|w| w == ["--registry-config", "/etc/certs.d"]));
+        let content = plan.services.iter().find(|p| p.name == "content").unwrap();
+        assert!(!strings(&content.args).contains(&"--registry-config"));
     }
 
     #[test]

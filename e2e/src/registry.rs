@@ -1,6 +1,10 @@
 //! A private OCI registry on loopback for pull/push tests: Debian's `docker-registry`
 //! (distribution 2.8) with its storage in a temp dir, started and stopped by PID.
 //!
+//! [`Registry::start_tls`] serves HTTPS with a certificate from a throwaway CA made with the
+//! `openssl` command ([`Registry::ca_path`]); [`Registry::start_with_auth`] asks for basic
+//! auth.
+//!
 //! Each [`Registry`] is its own process on its own free port, so parallel tests never share
 //! one. [`Registry::get`] is a tiny HTTP/1.1 client (std `TcpStream`) for asserting on what
 //! the registry serves without pulling in an HTTP stack.
@@ -27,20 +31,33 @@ pub struct Registry {
     addr: SocketAddr,
     child: Child,
     credentials: Option<(String, String)>,
+    tls: bool,
 }
 
 impl Registry {
     /// Starts a registry without auth (deletes enabled) and waits until `GET /v2/` answers.
     pub fn start() -> Registry {
-        Self::start_mode(false)
+        Self::start_mode(false, false, false)
     }
 
     /// Starts a registry that requires basic auth; see [`Registry::credentials`].
     pub fn start_with_auth() -> Registry {
-        Self::start_mode(true)
+        Self::start_mode(true, false, false)
     }
 
-    fn start_mode(auth: bool) -> Registry {
+    /// Starts a registry that speaks only HTTPS, with a certificate for 127.0.0.1 and
+    /// localhost signed by a CA of its own ([`Registry::ca_path`]).
+    pub fn start_tls() -> Registry {
+        Self::start_mode(false, true, false)
+    }
+
+    /// [`Registry::start_tls`] that also demands a client certificate signed by its CA (one
+    /// is in [`Registry::client_cert_dir`]).
+    pub fn start_tls_with_client_auth() -> Registry {
+        Self::start_mode(false, true, true)
+    }
+
+    fn start_mode(auth: bool, tls: bool, client_auth: bool) -> Registry {
         assert!(
             Path::new(BINARY).is_file(),
             "{BINARY} not found: install Debian's docker-registry package \
@@ -49,11 +66,15 @@ impl Registry {
         let dir = tempfile::Builder::new().prefix("berth-registry-").tempdir().expect("temp dir");
         let log_path = dir.path().join("registry.log");
         let logs = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        if tls {
+            make_certificates(dir.path());
+        }
         // The port is free when we look but may be taken before the registry binds it: retry.
         for _ in 0..10 {
             let addr = free_port();
             let config = dir.path().join("config.yml");
-            std::fs::write(&config, config_yaml(dir.path(), addr, auth)).expect("write registry config");
+            std::fs::write(&config, config_yaml(dir.path(), addr, auth, tls, client_auth))
+                .expect("write registry config");
             let log = std::fs::File::create(&log_path).expect("registry log file");
             let mut child = Command::new(BINARY)
                 .arg("serve")
@@ -66,7 +87,7 @@ impl Registry {
             match wait_ready(&mut child, addr, &log_path) {
                 Ready::Yes => {
                     let credentials = auth.then(|| (AUTH_USER.to_string(), provisioned_password(&logs())));
-                    return Registry { dir, addr, child, credentials };
+                    return Registry { dir, addr, child, credentials, tls };
                 }
                 Ready::Exited if logs().contains("address already in use") => continue,
                 Ready::Exited => panic!("docker-registry exited at start; its log:\n{}", logs()),
@@ -96,6 +117,17 @@ impl Registry {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The CA (PEM) that signed a [`Registry::start_tls`] registry's certificate.
+    pub fn ca_path(&self) -> Option<PathBuf> {
+        self.tls.then(|| self.dir.path().join("ca.pem"))
+    }
+
+    /// A directory in docker's certs.d layout for a TLS registry: `ca.crt` (its CA) and a
+    /// client certificate its CA signed (`client.cert`, `client.key`).
+    pub fn client_cert_dir(&self) -> Option<PathBuf> {
+        self.tls.then(|| self.dir.path().join("client"))
     }
 
     /// Where the registry keeps its blobs and repositories.
@@ -141,9 +173,9 @@ fn wait_ready(child: &mut Child, addr: SocketAddr, log: &Path) -> Ready {
         if matches!(child.try_wait(), Ok(Some(_))) {
             return Ready::Exited;
         }
-        // 200 without auth, 401 with it: either way the registry serves.
+        // 200 without auth, 401 with it, 400 (plain HTTP to HTTPS) with TLS: it serves.
         if let Ok(response) = http_request(addr, "GET", "/v2/", &[], None)
-            && (response.status == 200 || response.status == 401)
+            && (response.status == 200 || response.status == 401 || response.status == 400)
             && std::fs::read_to_string(log).is_ok_and(|l| l.contains(&listening))
         {
             return Ready::Yes;
@@ -199,15 +231,70 @@ fn free_port() -> SocketAddr {
     listener.local_addr().expect("local addr")
 }
 
-fn config_yaml(dir: &Path, addr: SocketAddr, auth: bool) -> String {
+/// A CA (ca.pem), a certificate it signed for 127.0.0.1 and localhost (server.pem,
+/// server.key) and a client certificate (client/client.cert and .key, with client/ca.crt) in
+/// `dir`, made with the openssl command; valid for two days.
+fn make_certificates(dir: &Path) {
+    let openssl = crate::require_tool("openssl");
+    let run = |args: &[&str]| {
+        let output = Command::new(&openssl).current_dir(dir).args(args).output().expect("run openssl");
+        assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    };
+    let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let mut ca =
+        vec!["req", "-x509", "-days", "2", "-subj", "/CN=berth test CA", "-keyout", "ca.key", "-out", "ca.pem"];
+    ca.extend(key);
+    ca.extend(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+    run(&ca);
+    // A key and a certificate the CA signed, with the extensions given.
+    let issue = |subject: &str, key_out: &str, cert_out: &str, extensions: &str| {
+        let mut request = vec!["req", "-new", "-subj", subject, "-keyout", key_out, "-out", "request.csr"];
+        request.extend(key);
+        run(&request);
+        std::fs::write(dir.join("extensions.cnf"), extensions).expect("write extensions.cnf");
+        let mut sign = vec!["x509", "-req", "-in", "request.csr", "-CA", "ca.pem", "-CAkey", "ca.key"];
+        sign.extend(["-CAcreateserial", "-days", "2", "-extfile", "extensions.cnf", "-out", cert_out]);
+        run(&sign);
+    };
+    issue(
+        "/CN=127.0.0.1",
+        "server.key",
+        "server.pem",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+         keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    );
+    std::fs::create_dir_all(dir.join("client")).expect("create client dir");
+    issue(
+        "/CN=berth test client",
+        "client/client.key",
+        "client/client.cert",
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
+    );
+    std::fs::copy(dir.join("ca.pem"), dir.join("client/ca.crt")).expect("copy the CA");
+}
+
+fn config_yaml(dir: &Path, addr: SocketAddr, auth: bool, tls: bool, client_auth: bool) -> String {
     let mut yaml = format!(
         "version: 0.1\n\
          log:\n  level: info\n  formatter: text\n\
          storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n\
          \x20 maintenance:\n    uploadpurging:\n      enabled: false\n\
-         http:\n  addr: {addr}\n\
+         http:\n  addr: {addr}\n{tls}\
          health:\n  storagedriver:\n    enabled: false\n",
         storage = dir.join("storage").display(),
+        tls = if tls {
+            let mut tls = format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                dir.join("server.pem").display(),
+                dir.join("server.key").display()
+            );
+            if client_auth {
+                tls.push_str(&format!("    clientcas:\n      - {}\n", dir.join("ca.pem").display()));
+            }
+            tls
+        } else {
+            String::new()
+        },
     );
     if auth {
         yaml.push_str(&format!(

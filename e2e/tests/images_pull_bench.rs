@@ -2,19 +2,24 @@
 //! (berth-image fetching and unpacking) against `ctr images pull --plain-http` on a containerd
 //! 1.6 daemon, same run, alternating. Also the peak RSS of berth-image during its pulls.
 //!
-//! Ignored by default (it takes a while); run with release binaries:
-//! `cargo build --release --workspace --bins && BERTH_BIN_DIR=target/release \
+//! Ignored by default (it takes a while); run with release binaries (an absolute
+//! `BERTH_BIN_DIR`: tests run in e2e/):
+//! `cargo build --release --workspace --bins && BERTH_BIN_DIR=$PWD/target/release \
 //!  cargo test --release -p berth-e2e --test images_pull_bench -- --ignored --nocapture`
 //! (`ROUNDS`, `SIZE_MIB` and `LAYERS` change the defaults 3, 200 and 6; `UNPACK=0` times
-//! berth's fetch alone).
+//! berth's fetch alone; `CONCURRENCY` sets berth's downloads at once; `TIMELINE=1` prints when
+//! each of berth's blobs and layers finished and the CPU time each service used).
 
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use berth_api::berth::image::v1::PullRequest;
+use berth_api::berth::image::v1::pull_progress::Event;
 use berth_api::berth::image::v1::transfer_client::TransferClient;
+use berth_api::berth::image::v1::{BlobState, LayerState, PullRequest};
+use berth_api::containerd::services::snapshots::v1::StatSnapshotRequest;
+use berth_api::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
 use berth_e2e::content::in_namespace;
 use berth_e2e::images::{self, large};
 use berth_e2e::peers::{Containerd, rss_bytes};
@@ -42,14 +47,76 @@ fn watch_rss(pid: u32) -> (Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
     (stop, handle)
 }
 
+/// User and system CPU seconds `binary` (a service under berthd) used so far.
+fn cpu_seconds(stack: &Stack, binary: &str) -> (f64, f64) {
+    let Some(pid) = stack.service_pids(binary).first().copied() else { return (0.0, 0.0) };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, rest)| rest.split(' ').collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0) / 100.0;
+    (ticks(11), ticks(12))
+}
+
+/// One berth pull; returns its wall time. With unpack, checks that every layer was unpacked
+/// by this pull (cold) and that the top chain is a committed snapshot once the reply ended,
+/// so the time covers the whole unpack. `TIMELINE=1` prints when each blob and layer finished.
 async fn berth_pull(stack: &Stack, reference: &str, namespace: &str) -> f64 {
     let mut client = TransferClient::new(stack.channel());
     let unpack = setting("UNPACK", 1) != 0;
-    let request = PullRequest { reference: reference.into(), plain_http: true, unpack, ..Default::default() };
+    let timeline = setting("TIMELINE", 0) != 0;
+    let max_concurrent_downloads = setting("CONCURRENCY", 0) as u32;
+    let request = PullRequest {
+        reference: reference.into(),
+        plain_http: true,
+        unpack,
+        max_concurrent_downloads,
+        ..Default::default()
+    };
+    let services = ["berth-image", "berth-content", "berth-snapshot", "berth-metadata", "berth-gateway"];
+    let cpu_before: Vec<(f64, f64)> = services.iter().map(|s| cpu_seconds(stack, s)).collect();
     let started = Instant::now();
     let mut stream = client.pull(in_namespace(request, namespace)).await.expect("pull").into_inner();
-    while stream.message().await.expect("pull progresses").is_some() {}
-    started.elapsed().as_secs_f64()
+    let (mut unpacked, mut top) = (0usize, String::new());
+    while let Some(progress) = stream.message().await.expect("pull progresses") {
+        let at = started.elapsed().as_secs_f64();
+        match progress.event {
+            Some(Event::Blob(blob)) if timeline && blob.state() != BlobState::Downloading => {
+                println!("  {at:6.3} s  blob {} {:?}", &blob.digest[7..19], blob.state())
+            }
+            Some(Event::Layer(layer)) => {
+                if timeline {
+                    println!("  {at:6.3} s  layer {} {:?}", &layer.digest[7..19], layer.state());
+                }
+                if layer.state() == LayerState::Done {
+                    unpacked += 1;
+                    top = layer.chain_id;
+                }
+            }
+            _ => {}
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    if timeline {
+        let used: Vec<String> = services
+            .iter()
+            .zip(cpu_before)
+            .map(|(s, (user, system))| {
+                let now = cpu_seconds(stack, s);
+                format!("{s} {:.2}+{:.2}", now.0 - user, now.1 - system)
+            })
+            .collect();
+        println!("  CPU seconds (user+system) during the pull: {}", used.join(", "));
+    }
+    if unpack {
+        let layers = setting("LAYERS", 6) as usize;
+        assert_eq!(unpacked, layers, "a cold pull unpacks every layer");
+        let stat = StatSnapshotRequest { snapshotter: "overlayfs".into(), key: top.clone() };
+        SnapshotsClient::new(stack.channel())
+            .stat(in_namespace(stat, namespace))
+            .await
+            .unwrap_or_else(|s| panic!("top chain {top} is not a snapshot right after the pull: {s}"));
+    }
+    elapsed
 }
 
 /// `ctr images rm --sync` in the bench namespace, then checks no blob is left.
@@ -73,8 +140,12 @@ fn containerd_pull(containerd: &Containerd, reference: &str, namespace: &str) ->
         .args(["-n", namespace, "images", "pull", "--plain-http", reference])
         .output()
         .expect("run ctr");
+    let elapsed = started.elapsed().as_secs_f64();
     assert!(output.status.success(), "ctr pull: {}", String::from_utf8_lossy(&output.stderr));
-    started.elapsed().as_secs_f64()
+    // ctr unpacks for this host's platform as part of the pull: the two do the same work.
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(said.contains("unpacking") && said.contains("done"), "ctr pull did not unpack: {said}");
+    elapsed
 }
 
 #[tokio::test]

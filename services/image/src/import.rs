@@ -40,6 +40,8 @@ pub struct ImportSpec {
     pub unpack: bool,
     pub snapshotter: String,
     pub labels: HashMap<String, String>,
+    /// Platforms whose manifests are imported from an index; empty: all.
+    pub platforms: Vec<Wanted>,
 }
 
 impl ImportSpec {
@@ -54,7 +56,14 @@ impl ImportSpec {
                 "base name {base:?} is not an image name without tag (like example.com/app)"
             )));
         }
+        let platforms = options
+            .platforms
+            .iter()
+            .map(|p| Wanted::parse(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Status::invalid_argument)?;
         Ok(ImportSpec {
+            platforms,
             base_name,
             index_name: Some(options.index_name).filter(|n| !n.is_empty()),
             unpack: options.unpack,
@@ -101,6 +110,8 @@ struct Job<'a> {
     progress: &'a Progress,
     /// Manifests stored, by digest, for unpacking.
     manifests: HashMap<String, Parsed>,
+    /// Only these platforms' manifests of an index (empty: all).
+    platforms: Vec<Wanted>,
 }
 
 impl Puller {
@@ -124,6 +135,7 @@ impl Puller {
             namespace: namespace.to_string(),
             progress: &progress,
             manifests: HashMap::new(),
+            platforms: spec.platforms.clone(),
         };
         let named = if archive.has("index.json") {
             job.oci(&spec).await?
@@ -282,8 +294,22 @@ impl Job<'_> {
             if !manifest::is_manifest(&entry.media_type) && !manifest::is_index(&entry.media_type) {
                 continue;
             }
+            if !self.wanted(entry) {
+                continue;
+            }
             let root = plain(entry);
-            Box::pin(self.walk(&root, 0)).await?;
+            if Box::pin(self.walk(&root, 0)).await? == 0 && !self.platforms.is_empty() {
+                let wanted: Vec<String> = self.platforms.iter().map(ToString::to_string).collect();
+                return Err(Status::not_found(format!(
+                    "image {} in the archive has no manifest for {}",
+                    entry
+                        .annotations
+                        .get(IMAGE_NAME)
+                        .or_else(|| entry.annotations.get(REF_NAME))
+                        .unwrap_or(&root.digest),
+                    wanted.join(", ")
+                )));
+            }
             let name = entry.annotations.get(IMAGE_NAME).or_else(|| entry.annotations.get(REF_NAME));
             if let Some(name) = name
                 && let Some(name) = spec.name_for(name)?
@@ -311,8 +337,15 @@ impl Job<'_> {
         Ok(named)
     }
 
-    /// Stores `descriptor` and everything below it that the archive holds.
-    async fn walk(&mut self, descriptor: &Descriptor, depth: usize) -> Result<(), Status> {
+    /// Whether an index entry is for a platform asked for (entries without one pass, as in
+    /// containerd's platform filter).
+    fn wanted(&self, entry: &Descriptor) -> bool {
+        self.platforms.is_empty() || entry.platform.as_ref().is_none_or(|p| self.platforms.iter().any(|w| w.matches(p)))
+    }
+
+    /// Stores `descriptor` and everything below it that the archive holds (of the platforms
+    /// asked for); returns how many image manifests that made.
+    async fn walk(&mut self, descriptor: &Descriptor, depth: usize) -> Result<usize, Status> {
         let path = blob_path(&descriptor.digest)?;
         if depth > MAX_DEPTH {
             return Err(Status::invalid_argument(format!(
@@ -323,25 +356,27 @@ impl Job<'_> {
         let read_path = path.clone();
         let bytes = self.blocking(move |a| a.read(&read_path, MAX_MANIFEST_SIZE as u64)).await?;
         let parsed = self.store_document(descriptor, &path, &bytes).await?;
+        let mut stored = 0;
         match &parsed {
             Parsed::Index { manifests } => {
                 for child in manifests {
                     // An archive of some platforms of an index lacks the others' manifests.
-                    if !self.archive.has(&blob_path(&child.digest)?) {
+                    if !self.archive.has(&blob_path(&child.digest)?) || !self.wanted(child) {
                         continue;
                     }
                     let child_descriptor = plain(child);
-                    Box::pin(self.walk(&child_descriptor, depth + 1)).await?;
+                    stored += Box::pin(self.walk(&child_descriptor, depth + 1)).await?;
                 }
             }
             Parsed::Manifest { config, layers } => {
                 for blob in std::iter::once(config).chain(layers) {
                     self.store(blob, &blob_path(&blob.digest)?, HashMap::new()).await?;
                 }
+                stored = 1;
             }
         }
         self.manifests.insert(descriptor.digest.clone(), parsed);
-        Ok(())
+        Ok(stored)
     }
 
     /// A docker archive: each manifest.json entry becomes a config, layers and a Docker

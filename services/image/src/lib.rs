@@ -7,6 +7,7 @@
 //! - [`pull::Puller`]: resolving a [`reference`] at its [`registry`], walking [`manifest`]s,
 //!   fetching blobs into the [`content`] service, reporting [`progress`], and [`unpack`]ing
 //!   layers into snapshots;
+//! - [`hosts`]: per-registry settings (containerd's hosts.toml directory);
 //! - [`push`]: images to a registry (mounting what it has in other repositories);
 //! - [`import`] and [`export`]: image archives (OCI layout and docker-archive tars), read
 //!   through [`archive`];
@@ -17,6 +18,7 @@ pub mod arrivals;
 pub mod content;
 pub mod digest;
 pub mod export;
+pub mod hosts;
 pub mod images;
 pub mod import;
 pub mod manifest;
@@ -28,6 +30,7 @@ pub mod reference;
 pub mod registry;
 pub mod server;
 pub mod service;
+pub mod source_label;
 mod tls;
 pub mod transfer;
 pub mod unpack;

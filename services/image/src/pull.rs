@@ -27,6 +27,7 @@ use crate::manifest::{self, Descriptor, Parsed, Wanted};
 use crate::progress::{self, Progress};
 use crate::reference::Reference;
 use crate::registry::{self, MAX_MANIFEST_SIZE, Registry, RegistryError};
+use crate::source_label;
 use crate::unpack::Unpacker;
 
 /// How long a pull's lease outlives a pull that never finished (the service was killed).
@@ -42,7 +43,6 @@ const BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(3);
 /// Tries per blob when the bytes do not match the digest.
 const DIGEST_ATTEMPTS: u32 = 2;
-const SOURCE_LABEL: &str = "containerd.io/distribution.source.";
 const EXPIRE_LABEL: &str = "containerd.io/gc.expire";
 
 /// What to pull, checked.
@@ -85,6 +85,7 @@ impl PullSpec {
                 plain_http: request.plain_http,
                 skip_verify: request.skip_verify,
                 credentials,
+                hosts: None,
             },
             unpack: request.unpack,
             snapshotter: if request.snapshotter.is_empty() { "overlayfs".into() } else { request.snapshotter },
@@ -101,6 +102,8 @@ pub struct Puller {
     pub(crate) content: Option<PeerChannel>,
     pub(crate) metadata: Option<PeerChannel>,
     pub(crate) snapshot: Option<PeerChannel>,
+    /// Per-registry settings (hosts.toml), see [`Puller::with_hosts`].
+    pub(crate) hosts: Arc<crate::hosts::HostsDir>,
 }
 
 pub(crate) fn to_api(descriptor: &Descriptor) -> types::Descriptor {
@@ -119,6 +122,7 @@ impl Puller {
             content: peers.channel("content"),
             metadata: peers.channel("metadata"),
             snapshot: peers.channel("snapshot"),
+            hosts: Arc::default(),
         }
     }
 
@@ -128,7 +132,8 @@ impl Puller {
             Status::failed_precondition("berth-image runs without a content service (--peer content=...)")
         })?;
         let name = spec.reference.to_string();
-        let registry = Registry::new(&spec.reference, &spec.registry)?;
+        let options = registry::Options { hosts: Some(self.hosts.clone()), ..spec.registry.clone() };
+        let registry = Registry::new(&spec.reference, &options)?;
         let root = registry.manifest(spec.reference.object()).await?;
         let (media_type, parsed) = manifest::parse(&root.media_type, &root.bytes)
             .map_err(|problem| Status::failed_precondition(format!("{name}: {problem}")))?;
@@ -151,7 +156,7 @@ impl Puller {
             lease_resources: LeaseResources::new(self.metadata.clone()),
             lease: lease.id.clone(),
             namespace: namespace.to_string(),
-            source: (format!("{SOURCE_LABEL}{}", spec.reference.hostname()), spec.reference.repository.clone()),
+            source: (source_label::key(&spec.reference), spec.reference.repository.clone()),
             progress: progress.clone(),
             slots: Arc::new(Semaphore::new(spec.concurrency)),
         };
@@ -304,20 +309,10 @@ fn ingest_ref(descriptor: &Descriptor) -> String {
     format!("{kind}-{}", descriptor.digest)
 }
 
-/// A comma-separated, sorted set of repositories with `repository` added.
-fn with_source(existing: Option<&String>, repository: &str) -> String {
-    let mut repositories: Vec<&str> =
-        existing.map(|e| e.split(',').filter(|r| !r.is_empty()).collect()).unwrap_or_default();
-    repositories.push(repository);
-    repositories.sort_unstable();
-    repositories.dedup();
-    repositories.join(",")
-}
-
 impl Job {
     fn source_label(&self, existing: &HashMap<String, String>) -> (String, String) {
         let (key, repository) = &self.source;
-        (key.clone(), with_source(existing.get(key), repository))
+        (key.clone(), source_label::with_repository(existing.get(key), repository))
     }
 
     /// Labels `descriptor`'s blob, present already, as this pull would have, and adds it to
@@ -485,7 +480,6 @@ impl Job {
 
     /// One blob into the content store, retried when that may help.
     async fn fetch(&self, descriptor: &Descriptor) -> Result<(), Status> {
-        let _slot = self.slots.acquire().await.map_err(|_| Status::cancelled("the pull was stopped"))?;
         let mut attempts = 0;
         let mut digest_attempts = 0;
         loop {
@@ -538,6 +532,9 @@ impl Job {
 
     /// One try at a blob; sets `advanced` when it added bytes to the ingest.
     async fn fetch_once(&self, descriptor: &Descriptor, advanced: &mut bool) -> Result<(), Failure> {
+        // A slot is a download at once: held while bytes come from the registry, not while
+        // the content service makes the blob durable (an fsync), nor between tries.
+        let slot = self.slots.acquire().await.map_err(|_| Failure::Fatal(Status::cancelled("the pull was stopped")))?;
         if let Some(existing) = self.content.info(&descriptor.digest).await.map_err(content_failure)? {
             self.found(descriptor, &existing, HashMap::new()).await.map_err(content_failure)?;
             self.progress.blob(descriptor, BlobState::Skipped, descriptor.size, 0);
@@ -609,6 +606,7 @@ impl Job {
                 ))));
             }
         }
+        drop(slot);
         self.progress.blob(descriptor, BlobState::Verifying, descriptor.size, 0);
         let (key, value) = self.source_label(&HashMap::new());
         match ingest.commit([(key, value)].into()).await {
@@ -624,14 +622,6 @@ impl Job {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn source_labels_are_sorted_sets() {
-        assert_eq!(with_source(None, "library/busybox"), "library/busybox");
-        let existing = "library/alpine,library/busybox".to_string();
-        assert_eq!(with_source(Some(&existing), "library/busybox"), "library/alpine,library/busybox");
-        assert_eq!(with_source(Some(&existing), "a/b"), "a/b,library/alpine,library/busybox");
-    }
 
     #[test]
     fn requests_are_checked() {

@@ -2,16 +2,27 @@
 //! or digest, blobs with HTTP ranges, and the two ways registries ask for credentials
 //! (basic, and bearer tokens from the realm a 401 names).
 //!
-//! Credentials go only to the registry and its token realm: redirects to another host (blob
-//! storage) drop the Authorization header, and descriptors' foreign `urls` are never fetched.
+//! Where requests go comes from the registry's settings ([`crate::hosts`]): mirrors first
+//! (each only for what its capabilities allow), the registry itself last, each with its own
+//! TLS trust (CA files, client certificates, skip_verify). A loopback registry without
+//! settings is tried over HTTPS and spoken to in plain HTTP when it does not speak TLS.
+//!
+//! Credentials go only to the registry's own host and its token realm: never to a mirror on
+//! another host, redirects to another host (blob storage) drop the Authorization header, and
+//! descriptors' foreign `urls` are never fetched.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, HeaderValue, RANGE, WWW_AUTHENTICATE};
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, HeaderName, HeaderValue, RANGE, WWW_AUTHENTICATE,
+};
 use reqwest::{Method, StatusCode};
 use thiserror::Error;
 use tokio::sync::Mutex;
 
+use crate::hosts::{self, Capabilities, HostsDir};
 use crate::reference::Reference;
 
 /// Largest manifest or index accepted (containerd's limit).
@@ -42,6 +53,12 @@ pub enum RegistryError {
     /// The registry answered something berth cannot use.
     #[error("{0}")]
     Protocol(String),
+    /// The registry's TLS certificate is not trusted.
+    #[error("{0}")]
+    Untrusted(String),
+    /// The registry settings (hosts.toml and the files it names) cannot be used.
+    #[error("{0}")]
+    Settings(String),
 }
 
 impl From<RegistryError> for tonic::Status {
@@ -51,7 +68,9 @@ impl From<RegistryError> for tonic::Status {
             RegistryError::Unavailable(_) => tonic::Status::unavailable(err.to_string()),
             RegistryError::Unauthenticated(_) => tonic::Status::unauthenticated(err.to_string()),
             RegistryError::Denied(_) => tonic::Status::permission_denied(err.to_string()),
-            RegistryError::Protocol(_) => tonic::Status::failed_precondition(err.to_string()),
+            RegistryError::Protocol(_) | RegistryError::Untrusted(_) | RegistryError::Settings(_) => {
+                tonic::Status::failed_precondition(err.to_string())
+            }
         }
     }
 }
@@ -61,12 +80,14 @@ type Result<T> = std::result::Result<T, RegistryError>;
 /// How to reach one registry.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
-    /// Speak HTTP instead of HTTPS.
+    /// Speak HTTP instead of HTTPS (where the settings do not name a scheme).
     pub plain_http: bool,
     /// Accept any TLS certificate (a registry with a self-signed one).
     pub skip_verify: bool,
     /// Username and password (or identity token, with an empty username).
     pub credentials: Option<(String, String)>,
+    /// Per-registry settings (hosts.toml); None: every registry by its defaults.
+    pub hosts: Option<Arc<HostsDir>>,
 }
 
 /// A manifest or index as the registry returned it.
@@ -92,17 +113,60 @@ impl BlobBody {
     }
 }
 
-/// The registry of one reference's repository.
-pub struct Registry {
+/// One place that serves the repository: the registry itself or a mirror (hosts.toml).
+pub(crate) struct Endpoint {
     http: reqwest::Client,
-    /// `https://host` or `http://host`.
-    pub(crate) base: String,
+    scheme: &'static str,
+    /// `host[:port]`.
+    host: String,
+    /// API root path, `/v2` unless the settings override it.
+    path: String,
+    /// The namespace, asked of a mirror as `?ns=` (containerd does the same).
+    ns: Option<String>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    capabilities: Capabilities,
+    /// Whether the credentials go here: the registry's own host, never a mirror elsewhere.
+    credentials: bool,
+    /// Switch to plain HTTP when the host does not speak TLS (loopback without settings).
+    fallback: bool,
+    plain: AtomicBool,
+    /// The Authorization header that last worked (a bearer token or basic credentials).
+    authorization: Mutex<Option<HeaderValue>>,
+    /// Where settings for this registry are read, for errors that ask for some.
+    settings: String,
+}
+
+impl Endpoint {
+    /// `https://host` (or `http://`).
+    pub(crate) fn base(&self) -> String {
+        let scheme = if self.plain.load(Ordering::Relaxed) { "http" } else { self.scheme };
+        format!("{scheme}://{}", self.host)
+    }
+
+    /// The API root, `https://host/v2`.
+    fn root(&self) -> String {
+        format!("{}{}", self.base(), self.path)
+    }
+
+    /// `url` with the endpoint's query (`ns=` for mirrors) added.
+    pub(crate) fn with_query(&self, url: String) -> String {
+        match &self.ns {
+            Some(ns) => {
+                let separator = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{separator}ns={ns}")
+            }
+            None => url,
+        }
+    }
+}
+
+/// The registry of one reference's repository, through the endpoints its settings name.
+pub struct Registry {
+    endpoints: Vec<Endpoint>,
     pub(crate) repository: String,
     /// How references are named in errors.
     pub(crate) locator: String,
     credentials: Option<(String, String)>,
-    /// The Authorization header that last worked (a bearer token or basic credentials).
-    authorization: Mutex<Option<HeaderValue>>,
 }
 
 /// Error text of a reqwest error with its causes (reqwest's Display hides them).
@@ -117,64 +181,204 @@ fn describe(err: &reqwest::Error) -> String {
     text
 }
 
+/// Whether a TLS connection failed because the other side does not speak TLS.
+fn not_tls(text: &str) -> bool {
+    text.contains("InvalidContentType") || text.contains("corrupt message") || text.contains("HTTP response")
+}
+
+fn is_loopback(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name == "localhost" || name == "::1" || name.starts_with("127.")
+}
+
+fn read_file(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| RegistryError::Settings(format!("{what} {}: cannot read it: {e}", path.display())))
+}
+
+/// An HTTP client for `endpoint`'s TLS settings.
+fn client(endpoint: &hosts::Endpoint, skip_verify: bool) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(endpoint.dial_timeout.unwrap_or(CONNECT_TIMEOUT))
+        .read_timeout(READ_TIMEOUT)
+        .tls_danger_accept_invalid_certs(skip_verify || endpoint.skip_verify)
+        .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
+    let mut roots = Vec::new();
+    for path in &endpoint.ca {
+        let pem = read_file(path, "CA certificate")?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            RegistryError::Settings(format!(
+                "CA certificate {}: not PEM certificates: {}",
+                path.display(),
+                describe(&e)
+            ))
+        })?;
+        roots.extend(certs);
+    }
+    if !roots.is_empty() {
+        builder = builder.tls_certs_merge(roots);
+    }
+    // rustls takes one client identity: the first that reads.
+    if let Some((cert, key)) = endpoint.client.first() {
+        let mut pem = read_file(cert, "client certificate")?;
+        if let Some(key) = key {
+            pem.push(b'\n');
+            pem.extend(read_file(key, "client key")?);
+        }
+        let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+            RegistryError::Settings(format!(
+                "client certificate {}: not a PEM certificate with its key: {}",
+                cert.display(),
+                describe(&e)
+            ))
+        })?;
+        builder = builder.identity(identity);
+    }
+    builder.build().map_err(|e| RegistryError::Settings(format!("http client: {}", describe(&e))))
+}
+
 impl Registry {
     pub fn new(reference: &Reference, options: &Options) -> Result<Registry> {
         crate::tls::install_provider();
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
-            .tls_danger_accept_invalid_certs(options.skip_verify)
-            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| RegistryError::Protocol(format!("http client: {}", describe(&e))))?;
-        let scheme = if options.plain_http { "http" } else { "https" };
+        let default_hosts = HostsDir::default();
+        let hosts = options.hosts.as_deref().unwrap_or(&default_hosts);
+        let config = hosts
+            .config(&reference.domain, reference.registry_host())
+            .map_err(|e| RegistryError::Settings(e.to_string()))?;
+        let settings = match &config.source {
+            Some(dir) => dir.join("hosts.toml").display().to_string(),
+            None => hosts.suggested(&reference.domain).display().to_string(),
+        };
+        let own = [reference.registry_host(), reference.domain.as_str()];
+        let mut endpoints = Vec::new();
+        for endpoint in &config.endpoints {
+            let plain = if endpoint.scheme_given { endpoint.scheme == "http" } else { options.plain_http };
+            let headers = endpoint
+                .headers
+                .iter()
+                .map(|(text, value)| {
+                    let name = HeaderName::from_bytes(text.as_bytes());
+                    let value = HeaderValue::from_str(value);
+                    match (name, value) {
+                        (Ok(name), Ok(value)) => Ok((name, value)),
+                        _ => Err(RegistryError::Settings(format!("{settings}: header {text:?} is not valid in HTTP"))),
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            endpoints.push(Endpoint {
+                http: client(endpoint, options.skip_verify)?,
+                scheme: if plain { "http" } else { "https" },
+                host: endpoint.host.clone(),
+                path: endpoint.path.clone(),
+                ns: (!own.contains(&endpoint.host.as_str())).then(|| reference.domain.clone()),
+                headers,
+                capabilities: endpoint.capabilities,
+                credentials: endpoint.server || own.contains(&endpoint.host.as_str()),
+                fallback: config.source.is_none() && !plain && is_loopback(&endpoint.host),
+                plain: AtomicBool::new(false),
+                authorization: Mutex::new(None),
+                settings: settings.clone(),
+            });
+        }
         Ok(Registry {
-            http,
-            base: format!("{scheme}://{}", reference.registry_host()),
+            endpoints,
             repository: reference.repository.clone(),
             locator: reference.locator(),
             credentials: options.credentials.clone(),
-            authorization: Mutex::new(None),
         })
     }
 
-    pub(crate) fn url(&self, kind: &str, object: &str) -> String {
-        format!("{}/v2/{}/{kind}/{object}", self.base, self.repository)
+    /// The endpoints that may do `what`, in the order to try them.
+    fn able(&self, what: &str, can: impl Fn(&Capabilities) -> bool) -> Result<Vec<&Endpoint>> {
+        let able: Vec<&Endpoint> = self.endpoints.iter().filter(|e| can(&e.capabilities)).collect();
+        if able.is_empty() {
+            let settings = self.endpoints.first().map(|e| e.settings.as_str()).unwrap_or_default();
+            return Err(RegistryError::Settings(format!(
+                "{}: no host in {settings} has the {what:?} capability",
+                self.locator
+            )));
+        }
+        Ok(able)
+    }
+
+    /// The endpoint pushes go to: the first with the push capability.
+    pub(crate) fn pusher(&self) -> Result<&Endpoint> {
+        Ok(self.able("push", |c| c.push)?[0])
+    }
+
+    pub(crate) fn url(&self, endpoint: &Endpoint, kind: &str, object: &str) -> String {
+        endpoint.with_query(format!("{}/{}/{kind}/{object}", endpoint.root(), self.repository))
     }
 
     /// Sends a request, answering one authentication challenge if the registry makes one.
     async fn send(
         &self,
+        endpoint: &Endpoint,
         method: Method,
         url: &str,
         headers: &[(reqwest::header::HeaderName, String)],
     ) -> Result<reqwest::Response> {
-        self.send_body(method, url, headers, None).await
+        self.send_body(endpoint, method, url, headers, None).await
+    }
+
+    /// Sends one request, switching a loopback endpoint to plain HTTP when it does not
+    /// speak TLS (and URLs made before the switch with it).
+    async fn request(
+        &self,
+        endpoint: &Endpoint,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<reqwest::Response> {
+        let current = |url: &str| {
+            let secure = format!("https://{}", endpoint.host);
+            match url.strip_prefix(&secure) {
+                Some(rest) if endpoint.plain.load(Ordering::Relaxed) => format!("http://{}{rest}", endpoint.host),
+                _ => url.to_string(),
+            }
+        };
+        match build(&current(url)).send().await {
+            Ok(response) => Ok(response),
+            Err(err) if endpoint.fallback && !endpoint.plain.load(Ordering::Relaxed) && not_tls(&describe(&err)) => {
+                endpoint.plain.store(true, Ordering::Relaxed);
+                tracing::debug!(host = endpoint.host, "no TLS at a loopback registry: speaking plain HTTP");
+                build(&current(url)).send().await.map_err(|e| self.unreachable(endpoint, &e))
+            }
+            Err(err) => Err(self.unreachable(endpoint, &err)),
+        }
     }
 
     /// [`Registry::send`] with a body (sent again when a challenge is answered).
     pub(crate) async fn send_body(
         &self,
+        endpoint: &Endpoint,
         method: Method,
         url: &str,
         headers: &[(reqwest::header::HeaderName, String)],
         body: Option<&[u8]>,
     ) -> Result<reqwest::Response> {
-        let build = |authorization: Option<&HeaderValue>| {
-            let mut request = self.http.request(method.clone(), url);
-            for (name, value) in headers {
-                request = request.header(name, value);
+        let cached = endpoint.authorization.lock().await.clone();
+        let build = |authorization: Option<HeaderValue>| {
+            let method = method.clone();
+            move |url: &str| {
+                let mut request = endpoint.http.request(method.clone(), url);
+                for (name, value) in &endpoint.headers {
+                    request = request.header(name, value);
+                }
+                for (name, value) in headers {
+                    request = request.header(name, value);
+                }
+                if let Some(body) = body {
+                    request = request.body(body.to_vec());
+                }
+                if let Some(value) = &authorization {
+                    request = request.header(AUTHORIZATION, value.clone());
+                }
+                request
             }
-            if let Some(body) = body {
-                request = request.body(body.to_vec());
-            }
-            if let Some(value) = authorization {
-                request = request.header(AUTHORIZATION, value.clone());
-            }
-            request
         };
-        let cached = self.authorization.lock().await.clone();
-        let response = build(cached.as_ref()).send().await.map_err(|e| self.unreachable(&e))?;
+        let response = self.request(endpoint, build(cached), url).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
@@ -186,28 +390,60 @@ impl Registry {
             .ok_or_else(|| {
                 RegistryError::Unauthenticated(format!("{}: 401 without a WWW-Authenticate challenge", self.locator))
             })?;
-        let authorization = self.authorize(&challenge).await?;
-        let response = build(Some(&authorization)).send().await.map_err(|e| self.unreachable(&e))?;
+        let authorization = self.authorize(endpoint, &challenge).await?;
+        let response = self.request(endpoint, build(Some(authorization.clone())), url).await?;
         if response.status() == StatusCode::UNAUTHORIZED {
-            let with = if self.credentials.is_some() { "with the credentials given" } else { "without credentials" };
+            let with = if self.credentials_for(endpoint).is_some() {
+                "with the credentials given"
+            } else {
+                "without credentials"
+            };
             return Err(RegistryError::Unauthenticated(format!(
                 "{}: the registry refused access {with}",
                 self.locator
             )));
         }
-        *self.authorization.lock().await = Some(authorization);
+        *endpoint.authorization.lock().await = Some(authorization);
         Ok(response)
     }
 
-    pub(crate) fn unreachable(&self, err: &reqwest::Error) -> RegistryError {
-        RegistryError::Unavailable(format!("registry {} unreachable: {}", self.base, describe(err)))
+    fn credentials_for(&self, endpoint: &Endpoint) -> Option<&(String, String)> {
+        self.credentials.as_ref().filter(|_| endpoint.credentials)
+    }
+
+    pub(crate) fn unreachable(&self, endpoint: &Endpoint, err: &reqwest::Error) -> RegistryError {
+        let text = describe(err);
+        let base = endpoint.base();
+        if text.contains("certificate") && !text.contains("client certificate") {
+            return RegistryError::Untrusted(format!(
+                "registry {base}: its TLS certificate is not trusted ({text}): give berth-image the registry's CA \
+                 as `ca = \"/path/to/ca.pem\"` in {} (the hosts directory is berth-image's and berthd's \
+                 --registry-config), or pass --skip-verify",
+                endpoint.settings
+            ));
+        }
+        if text.contains("CertificateRequired") || text.contains("BadCertificate") || text.contains("UnknownCA") {
+            return RegistryError::Untrusted(format!(
+                "registry {base} refused the TLS connection ({text}): it wants a client certificate it trusts: \
+                 name one as `client = [[\"/path/to/client.cert\", \"/path/to/client.key\"]]` in {}",
+                endpoint.settings
+            ));
+        }
+        if not_tls(&text) && endpoint.scheme == "https" {
+            return RegistryError::Unavailable(format!(
+                "registry {base} does not speak TLS ({text}): pass --plain-http, or write \
+                 `server = \"http://{}\"` in {}",
+                endpoint.host, endpoint.settings
+            ));
+        }
+        RegistryError::Unavailable(format!("registry {base} unreachable: {text}"))
     }
 
     /// The Authorization header answering `challenge`.
-    async fn authorize(&self, challenge: &Challenge) -> Result<HeaderValue> {
+    async fn authorize(&self, endpoint: &Endpoint, challenge: &Challenge) -> Result<HeaderValue> {
         match challenge.scheme.to_ascii_lowercase().as_str() {
             "basic" => {
-                let Some((user, password)) = &self.credentials else {
+                let Some((user, password)) = self.credentials_for(endpoint) else {
                     return Err(RegistryError::Unauthenticated(format!(
                         "{}: the registry asks for credentials",
                         self.locator
@@ -218,7 +454,7 @@ impl Registry {
                     .map_err(|_| RegistryError::Protocol("credentials are not valid in a header".into()))
             }
             "bearer" => {
-                let token = self.token(challenge).await?;
+                let token = self.token(endpoint, challenge).await?;
                 HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
                     RegistryError::Protocol(format!("{}: the token service returned an unusable token", self.locator))
                 })
@@ -232,7 +468,7 @@ impl Registry {
 
     /// Fetches a bearer token from the challenge's realm (docker's token flow), with the
     /// credentials when there are some, anonymously otherwise.
-    async fn token(&self, challenge: &Challenge) -> Result<String> {
+    async fn token(&self, endpoint: &Endpoint, challenge: &Challenge) -> Result<String> {
         let realm = challenge
             .param("realm")
             .ok_or_else(|| RegistryError::Protocol(format!("{}: bearer challenge without a realm", self.locator)))?;
@@ -245,8 +481,8 @@ impl Registry {
         query.push(("scope", scope));
         let url = reqwest::Url::parse_with_params(realm, &query)
             .map_err(|e| RegistryError::Protocol(format!("{}: bad token realm {realm:?}: {e}", self.locator)))?;
-        let mut request = self.http.get(url);
-        if let Some((user, password)) = &self.credentials {
+        let mut request = endpoint.http.get(url);
+        if let Some((user, password)) = self.credentials_for(endpoint) {
             request = request.basic_auth(user, Some(password));
         }
         let response = request
@@ -263,7 +499,7 @@ impl Registry {
             }
             s => return Err(RegistryError::Unavailable(format!("token service {realm} answered {s}"))),
         }
-        let body = response.bytes().await.map_err(|e| self.unreachable(&e))?;
+        let body = response.bytes().await.map_err(|e| self.unreachable(endpoint, &e))?;
         let json: serde_json::Value = serde_json::from_slice(&body)
             .map_err(|e| RegistryError::Protocol(format!("token service {realm}: bad JSON: {e}")))?;
         json.get("token")
@@ -291,11 +527,28 @@ impl Registry {
     }
 
     /// The manifest or index `object` (a tag or digest) names, verified against the digest
-    /// when `object` is one.
+    /// when `object` is one. Tags are resolved only by endpoints trusted to; each endpoint
+    /// is tried in turn until one serves it.
     pub async fn manifest(&self, object: &str) -> Result<Fetched> {
+        let by_digest = object.contains(':');
+        let endpoints = if by_digest { self.able("pull", |c| c.pull)? } else { self.able("resolve", |c| c.resolve)? };
+        let mut last = None;
+        for endpoint in endpoints {
+            match self.manifest_at(endpoint, object).await {
+                Ok(fetched) => return Ok(fetched),
+                Err(err) => {
+                    tracing::debug!(host = endpoint.host, object, "manifest not served: {err}");
+                    last = Some(err);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| RegistryError::NotFound(object.to_string())))
+    }
+
+    async fn manifest_at(&self, endpoint: &Endpoint, object: &str) -> Result<Fetched> {
         let what = format!("{}:{object}", self.locator).replace(":sha256:", "@sha256:");
-        let url = self.url("manifests", object);
-        let mut response = self.send(Method::GET, &url, &[(ACCEPT, MANIFEST_TYPES.join(", "))]).await?;
+        let url = self.url(endpoint, "manifests", object);
+        let mut response = self.send(endpoint, Method::GET, &url, &[(ACCEPT, MANIFEST_TYPES.join(", "))]).await?;
         if !response.status().is_success() {
             return Err(self.failure(&what, response).await);
         }
@@ -309,7 +562,7 @@ impl Registry {
             .map(|v| v.split(';').next().unwrap_or(v).trim().to_string())
             .unwrap_or_default();
         let mut bytes = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.unreachable(&e))? {
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.unreachable(endpoint, &e))? {
             bytes.extend_from_slice(&chunk);
             if bytes.len() > MAX_MANIFEST_SIZE {
                 return Err(RegistryError::Protocol(format!("{what}: manifest larger than {MAX_MANIFEST_SIZE} bytes")));
@@ -323,12 +576,27 @@ impl Registry {
     }
 
     /// Starts downloading blob `digest` from byte `offset` (a Range request; the registry
-    /// may ignore it and send it all, see [`BlobBody::start`]).
+    /// may ignore it and send it all, see [`BlobBody::start`]), from the first endpoint
+    /// that serves it.
     pub async fn blob(&self, digest: &str, offset: u64) -> Result<BlobBody> {
+        let mut last = None;
+        for endpoint in self.able("pull", |c| c.pull)? {
+            match self.blob_at(endpoint, digest, offset).await {
+                Ok(body) => return Ok(body),
+                Err(err) => {
+                    tracing::debug!(host = endpoint.host, digest, "blob not served: {err}");
+                    last = Some(err);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| RegistryError::NotFound(digest.to_string())))
+    }
+
+    async fn blob_at(&self, endpoint: &Endpoint, digest: &str, offset: u64) -> Result<BlobBody> {
         let what = format!("{}@{digest}", self.locator);
-        let url = self.url("blobs", digest);
+        let url = self.url(endpoint, "blobs", digest);
         let headers = if offset > 0 { vec![(RANGE, format!("bytes={offset}-"))] } else { Vec::new() };
-        let response = self.send(Method::GET, &url, &headers).await?;
+        let response = self.send(endpoint, Method::GET, &url, &headers).await?;
         match response.status() {
             StatusCode::OK => Ok(BlobBody { response, start: 0 }),
             StatusCode::PARTIAL_CONTENT => {
@@ -574,6 +842,55 @@ mod tests {
         let storage_seen = storage_seen.lock().unwrap().clone();
         assert_eq!(storage_seen.len(), 1);
         assert_eq!(storage_seen[0].1, None, "no credentials to another host");
+    }
+
+    #[tokio::test]
+    async fn mirrors_serve_what_their_capabilities_allow_without_the_credentials() {
+        let (mirror, mirror_seen) = serve(|path, _| {
+            if path.contains("/blobs/") {
+                return ("HTTP/1.1 200 OK".into(), b"blob".to_vec());
+            }
+            ("HTTP/1.1 404 Not Found".into(), b"{}".to_vec())
+        })
+        .await;
+        let (server, server_seen) = serve(|_, auth| {
+            if auth.is_none() {
+                return ("HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"x\"".into(), Vec::new());
+            }
+            (format!("HTTP/1.1 200 OK\r\nContent-Type: {}", crate::manifest::OCI_MANIFEST), MANIFEST.to_vec())
+        })
+        .await;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join(&server);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("hosts.toml"),
+            format!(
+                "server = \"http://{server}\"\n[host.\"http://{mirror}\"]\ncapabilities = [\"pull\"]\n\
+                 [host.\"http://{mirror}\".header]\nx-berth = \"1\"\n"
+            ),
+        )
+        .unwrap();
+        let reference = Reference::parse(&format!("{server}/team/app:1")).unwrap();
+        let options = Options {
+            credentials: Some(("user".into(), "secret".into())),
+            hosts: Some(Arc::new(HostsDir::new(Some(root.path().into())))),
+            ..Default::default()
+        };
+        let registry = Registry::new(&reference, &options).unwrap();
+        // A tag is resolved by the server only (the mirror may not resolve).
+        registry.manifest("1").await.unwrap();
+        // By digest: the mirror first; it lacks it, so the server serves it.
+        registry.manifest(&crate::digest::sha256(MANIFEST)).await.unwrap();
+        let mut body = registry.blob(&crate::digest::sha256(b"blob"), 0).await.unwrap();
+        assert_eq!(body.chunk().await.unwrap().unwrap().as_ref(), b"blob");
+        let mirror_seen = mirror_seen.lock().unwrap().clone();
+        let paths: Vec<&str> = mirror_seen.iter().map(|(p, _)| p.as_str()).collect();
+        let ns = format!("?ns={server}");
+        assert_eq!(paths.len(), 2, "{paths:?}");
+        assert!(paths.iter().all(|p| p.ends_with(&ns)), "the mirror is told the namespace: {paths:?}");
+        assert!(mirror_seen.iter().all(|(_, auth)| auth.is_none()), "no credentials to a mirror");
+        assert!(server_seen.lock().unwrap().iter().any(|(_, auth)| auth.is_some()));
     }
 
     #[test]

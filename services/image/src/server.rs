@@ -9,7 +9,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::images::ImageStore;
 use crate::pull::Puller;
 use crate::service::ImagesService;
-use crate::transfer::TransferService;
+use crate::transfer::{Spool, TransferService};
 
 pub use berth_core::lifecycle::ServeError;
 
@@ -22,12 +22,13 @@ pub async fn serve(
     listener: UnixListener,
     store: ImageStore,
     puller: Puller,
+    spool: Spool,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     tonic::transport::Server::builder()
         .layer(berth_telemetry::context::ServerLayer::new("image"))
         .add_service(ImagesService::new(store).into_server())
-        .add_service(TransferService::new(puller).into_server())
+        .add_service(TransferService::new(puller).with_spool(spool).into_server())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await?;
     Ok(())

@@ -1,8 +1,10 @@
 //! The gRPC adapter of berth's `berth.image.v1.Transfer`: a pull (or import) runs as its own
 //! task, so it completes when the client that asked goes away; the client watches its
-//! progress stream. An import spools the archive to a temporary file first; an export
-//! streams the tar as it is written.
+//! progress stream. An import spools the archive to an unnamed file under the service's
+//! root first (gone when the import ends, however it ends; refused past a size limit); an
+//! export streams the tar as it is written.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use berth_api::berth::image::v1::transfer_server::{Transfer, TransferServer};
@@ -21,13 +23,35 @@ use crate::pull::{PullSpec, Puller};
 /// Export chunks buffered ahead of the client.
 const EXPORT_AHEAD: usize = 4;
 
+/// Largest archive an import accepts unless told otherwise.
+pub const DEFAULT_MAX_IMPORT: u64 = 32 << 30;
+
+/// Where import archives are spooled, and how big one may be.
+#[derive(Debug, Clone)]
+pub struct Spool {
+    pub dir: PathBuf,
+    pub max_size: u64,
+}
+
+impl Default for Spool {
+    fn default() -> Spool {
+        Spool { dir: std::env::temp_dir(), max_size: DEFAULT_MAX_IMPORT }
+    }
+}
+
 pub struct TransferService {
     puller: Puller,
+    spool: Spool,
 }
 
 impl TransferService {
     pub fn new(puller: Puller) -> TransferService {
-        TransferService { puller }
+        TransferService { puller, spool: Spool::default() }
+    }
+
+    pub fn with_spool(mut self, spool: Spool) -> TransferService {
+        self.spool = spool;
+        self
     }
 
     pub fn into_server(self) -> TransferServer<Self> {
@@ -35,24 +59,42 @@ impl TransferService {
     }
 }
 
-/// Writes the archive the client streams to an unnamed temporary file and indexes it.
-async fn spool(first: ImportRequest, mut rest: Streaming<ImportRequest>) -> Result<Archive, Status> {
-    let failed = |e: std::io::Error| Status::internal(format!("spooling the archive to a temporary file: {e}"));
-    let file = tokio::task::spawn_blocking(tempfile::tempfile)
+/// Writes the archive the client streams to an unnamed file in the spool directory (removed
+/// by the kernel when closed, also when the import fails or the service dies) and indexes it.
+async fn spool(spool: &Spool, first: ImportRequest, mut rest: Streaming<ImportRequest>) -> Result<Archive, Status> {
+    let dir = spool.dir.clone();
+    let failed = move |e: std::io::Error| Status::internal(format!("spooling the archive to {}: {e}", dir.display()));
+    let place = spool.dir.clone();
+    let file = tokio::task::spawn_blocking(move || tempfile::tempfile_in(place))
         .await
         .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(failed)?;
+        .map_err(&failed)?;
     let mut file = tokio::fs::File::from_std(file);
-    file.write_all(&first.data).await.map_err(failed)?;
+    let too_big = |size: u64| {
+        Status::resource_exhausted(format!(
+            "the archive is larger than the {} bytes berth-image accepts (at {size} bytes; \
+             raise it with berth-image --max-import-size)",
+            spool.max_size
+        ))
+    };
+    let mut size = first.data.len() as u64;
+    if size > spool.max_size {
+        return Err(too_big(size));
+    }
+    file.write_all(&first.data).await.map_err(&failed)?;
     while let Some(message) = rest.message().await? {
         if message.options.is_some() {
             return Err(Status::invalid_argument("only the first import message may carry options"));
         }
-        file.write_all(&message.data).await.map_err(failed)?;
+        size += message.data.len() as u64;
+        if size > spool.max_size {
+            return Err(too_big(size));
+        }
+        file.write_all(&message.data).await.map_err(&failed)?;
     }
-    file.flush().await.map_err(failed)?;
+    file.flush().await.map_err(&failed)?;
     // The scan reads from the file's position.
-    file.rewind().await.map_err(failed)?;
+    file.rewind().await.map_err(&failed)?;
     let file = file.into_std().await;
     tokio::task::spawn_blocking(move || Archive::scan(file)).await.map_err(|e| Status::internal(e.to_string()))?
 }
@@ -113,7 +155,7 @@ impl Transfer for TransferService {
             .clone()
             .ok_or_else(|| Status::invalid_argument("the first import message must carry the options"))?;
         let spec = ImportSpec::from_api(options)?;
-        let archive = Arc::new(spool(first, stream).await?);
+        let archive = Arc::new(spool(&self.spool, first, stream).await?);
         let (events, stream) = mpsc::unbounded_channel();
         let puller = self.puller.clone();
         tokio::spawn(

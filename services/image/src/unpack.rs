@@ -133,6 +133,17 @@ impl Unpacker {
             })?;
         }
         let chain = chain_ids(&diff_ids);
+        // Every chain goes into the lease before anyone looks for it, not after: a collection
+        // running meanwhile (say, after the image that held it was removed) then either removed
+        // it already, and the layer is unpacked again, or sees the lease and keeps it. Found
+        // first and leased after, it could go in between, and the pull would end without it.
+        if let Some(lease) = &self.lease {
+            let kind = format!("snapshots/{}", self.snapshotter);
+            // One after another: they change the same lease record.
+            for id in &chain {
+                self.lease_resources.add(&self.namespace, lease, &kind, id).await?;
+            }
+        }
         for (i, layer) in layers.iter().enumerate() {
             let parent = if i == 0 { "" } else { chain[i - 1].as_str() };
             arrivals.wait(&layer.digest).await?;
@@ -142,8 +153,12 @@ impl Unpacker {
                 chain_id: chain[i].clone(),
                 state: state as i32,
             });
-            content.set_labels(&layer.digest, [(UNCOMPRESSED_LABEL.to_string(), diff_ids[i].clone())].into()).await?;
         }
+        // The labels come last, all at once: they are not needed to unpack the next layer.
+        let uncompressed = layers.iter().zip(&diff_ids).map(|(layer, diff_id)| {
+            content.set_labels(&layer.digest, [(UNCOMPRESSED_LABEL.to_string(), diff_id.clone())].into())
+        });
+        futures::future::try_join_all(uncompressed).await?;
         let top = chain.last().cloned().unwrap_or_default();
         if !top.is_empty() {
             let label: HashMap<String, String> =
@@ -164,14 +179,7 @@ impl Unpacker {
     ) -> Result<LayerState, Status> {
         let stat = StatSnapshotRequest { snapshotter: self.snapshotter.clone(), key: chain_id.to_string() };
         match self.snapshots().stat(self.call(stat)).await {
-            Ok(_) => {
-                // Held by the lease too, so that it cannot go before the image record holds it.
-                if let Some(lease) = &self.lease {
-                    let kind = format!("snapshots/{}", self.snapshotter);
-                    self.lease_resources.add(&self.namespace, lease, &kind, chain_id).await?;
-                }
-                return Ok(LayerState::Skipped);
-            }
+            Ok(_) => return Ok(LayerState::Skipped),
             Err(status) if status.code() == tonic::Code::NotFound => {}
             Err(status) => return Err(status),
         }
@@ -187,6 +195,7 @@ impl Unpacker {
             parent: parent.to_string(),
             labels: [(SNAPSHOT_REF_LABEL.to_string(), chain_id.to_string())].into(),
         };
+        let started = std::time::Instant::now();
         let mounts = match self.snapshots().prepare(self.call(prepare)).await {
             Ok(response) => response.into_inner().mounts,
             // Someone else unpacked this chain meanwhile.
@@ -198,7 +207,9 @@ impl Unpacker {
                 ));
             }
         };
+        let prepared = started.elapsed();
         let result = self.apply_and_commit(layer, diff_id, chain_id, &key, mounts).await;
+        tracing::debug!(digest = layer.digest, ?prepared, took = ?started.elapsed(), "layer unpacked");
         if result.is_err() || matches!(result, Ok(LayerState::Skipped)) {
             let remove = RemoveSnapshotRequest { snapshotter: self.snapshotter.clone(), key: key.clone() };
             if let Err(status) = self.snapshots().remove(self.call(remove)).await

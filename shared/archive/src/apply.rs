@@ -2,18 +2,20 @@
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 use nix::sys::stat::SFlag;
 
-use crate::digest::{self, Digesting};
+use crate::digest;
 use crate::path::RelPath;
+use crate::pipeline::{self, Uncompressed};
 use crate::rooted::{Dir, Handle, Root, file_type};
 use crate::tarfmt::{self, Entry, Kind};
 use crate::whiteout::{self, OVERLAY_OPAQUE_XATTR};
-use crate::{Error, Result, compression};
+use crate::{Error, Result};
 
 /// What kind of snapshot directory a layer is applied to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,13 +59,13 @@ pub struct Applied {
 /// bytes, as containerd does) onto `root`.
 ///
 /// On error `root` may hold part of the layer: the caller discards it.
-pub fn apply(reader: impl Read, root: &Path, target: &Target, limits: Limits) -> Result<Applied> {
+pub fn apply(reader: impl Read + Send, root: &Path, target: &Target, limits: Limits) -> Result<Applied> {
     apply_verified(reader, root, target, limits, None)
 }
 
 /// [`apply`], then fails with [`Error::DiffIdMismatch`] unless the diffID is `expected`.
 pub fn apply_verified(
-    reader: impl Read,
+    reader: impl Read + Send,
     root: &Path,
     target: &Target,
     limits: Limits,
@@ -78,11 +80,12 @@ pub fn apply_verified(
         Error::Read(io) if digest::is_limit_exceeded(&io) => Error::TooLarge { limit: limits.max_uncompressed_bytes },
         other => other,
     };
-    let decoded = compression::decoder(reader).map_err(Error::Read)?;
-    let input = Digesting::new(decoded, limits.max_uncompressed_bytes);
     let mut applier = Applier::new(root, target)?;
-    let input = applier.run(input).map_err(too_large)?;
-    let (diff_id, uncompressed_size) = input.finish();
+    let stop = AtomicBool::new(false);
+    let (diff_id, uncompressed_size) = std::thread::scope(|scope| {
+        let input = pipeline::start(scope, reader, limits.max_uncompressed_bytes, &stop).map_err(Error::Read)?;
+        applier.run(input).map_err(too_large)
+    })?;
     if let Some(expected) = expected
         && expected != diff_id
     {
@@ -100,7 +103,6 @@ struct Applier<'a> {
     created: HashSet<(u64, u64, OsString)>,
     /// Directory mtimes, set once nothing more is created in them.
     dir_times: Vec<(RelPath, i64, u32)>,
-    buf: Vec<u8>,
 }
 
 impl<'a> Applier<'a> {
@@ -110,33 +112,26 @@ impl<'a> Applier<'a> {
             Target::Native => Vec::new(),
             Target::Overlay { parents } => parents.iter().map(|p| open(p)).collect::<Result<_>>()?,
         };
-        Ok(Applier {
-            root: open(root)?,
-            target,
-            parents,
-            created: HashSet::new(),
-            dir_times: Vec::new(),
-            buf: vec![0; 128 * 1024],
-        })
+        Ok(Applier { root: open(root)?, target, parents, created: HashSet::new(), dir_times: Vec::new() })
     }
 
     fn native(&self) -> bool {
         matches!(self.target, Target::Native)
     }
 
-    fn run<R: Read>(&mut self, input: Digesting<R>) -> Result<Digesting<R>> {
+    /// Applies the entries, then reads the rest of the stream; returns the diffID and size.
+    fn run(&mut self, input: Uncompressed<'_>) -> Result<(String, u64)> {
         let mut tar = tarfmt::Reader::new(input);
         while let Some(entry) = tar.next()? {
             self.entry(&entry, &mut tar)?;
         }
-        let mut input = tar.into_inner();
-        // The diffID covers the whole stream: read what follows the tar's end too.
-        input.drain().map_err(Error::Read)?;
+        // The diffID covers the whole stream: what follows the tar's end too.
+        let decoded = tar.into_inner().finish().map_err(Error::Read)?;
         self.set_dir_times()?;
-        Ok(input)
+        Ok(decoded)
     }
 
-    fn entry<R: Read>(&mut self, e: &Entry, tar: &mut tarfmt::Reader<R>) -> Result<()> {
+    fn entry<R: BufRead>(&mut self, e: &Entry, tar: &mut tarfmt::Reader<R>) -> Result<()> {
         let path = match RelPath::clean(&e.name) {
             Ok(Some(path)) => path,
             // The root itself: containerd ignores it (its attributes belong to the snapshot).
@@ -181,12 +176,15 @@ impl<'a> Applier<'a> {
             }
             Kind::Regular => {
                 let mut file = parent.create_file(name).map_err(Error::io("create file", &shown))?;
+                // Written straight from the decoded chunks.
                 loop {
-                    let n = tar.read_data(&mut self.buf)?;
-                    if n == 0 {
+                    let data = tar.data_buf()?;
+                    if data.is_empty() {
                         break;
                     }
-                    file.write_all(&self.buf[..n]).map_err(Error::io("write", &shown))?;
+                    let n = data.len();
+                    file.write_all(data).map_err(Error::io("write", &shown))?;
+                    tar.consume_data(n);
                 }
                 set_attributes(Handle::of(&file), e, true, &shown)?;
             }

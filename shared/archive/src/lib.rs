@@ -37,6 +37,7 @@ mod diff;
 mod digest;
 mod error;
 mod path;
+mod pipeline;
 mod rooted;
 mod tarfmt;
 mod whiteout;

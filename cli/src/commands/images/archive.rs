@@ -28,6 +28,10 @@ pub struct ImportArgs {
     /// Also keep the archive's index as an image of this name
     #[arg(long, value_name = "NAME")]
     pub index_name: Option<String>,
+    /// Import only this platform's manifests of an index, os/arch[/variant] (repeatable;
+    /// default: every platform the archive holds)
+    #[arg(long = "platform", value_name = "PLATFORM")]
+    pub platforms: Vec<String>,
     /// Do not unpack the images into snapshots
     #[arg(long)]
     pub no_unpack: bool,
@@ -70,6 +74,7 @@ pub async fn import(client: &Client, args: ImportArgs) -> anyhow::Result<()> {
         unpack: !args.no_unpack,
         snapshotter: args.snapshotter.clone(),
         labels: args.labels.iter().cloned().collect(),
+        platforms: args.platforms.clone(),
     };
     let (messages, outgoing) = mpsc::channel(2);
     let shown = args.file.display().to_string();

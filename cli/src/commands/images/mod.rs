@@ -7,9 +7,11 @@
 //! - [`edit`]: `rm` and `tag`;
 //! - [`inspect`]: `images inspect`;
 //! - [`archive`]: `import` and `export` (done by the image service);
+//! - [`credentials`]: registry credentials from docker's config.json;
 //! - [`documents`]: reading an image's index, manifests and configs from the content store.
 
 pub mod archive;
+pub mod credentials;
 pub mod documents;
 pub mod edit;
 pub mod inspect;

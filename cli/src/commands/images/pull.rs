@@ -31,13 +31,14 @@ pub struct Args {
     /// Pull every platform of an index
     #[arg(long, conflicts_with = "platforms")]
     pub all_platforms: bool,
-    /// Speak plain HTTP to the registry (the default for 127.0.0.1 and localhost)
+    /// Speak plain HTTP to the registry (127.0.0.1 and localhost fall back to it by themselves)
     #[arg(long)]
     pub plain_http: bool,
     /// Accept any TLS certificate from the registry
     #[arg(long)]
     pub skip_verify: bool,
-    /// Registry credentials, USER:PASSWORD (or :TOKEN for an identity token)
+    /// Registry credentials, USER:PASSWORD (or :TOKEN for an identity token); default: the
+    /// registry's entry in docker's config.json ($DOCKER_CONFIG or ~/.docker)
     #[arg(short, long, value_name = "USER:PASSWORD", value_parser = parse_user)]
     pub user: Option<(String, String)>,
     /// Snapshotter to unpack into
@@ -75,7 +76,12 @@ pub fn is_loopback(reference: &str) -> bool {
 }
 
 pub async fn run(client: &Client, args: Args) -> anyhow::Result<()> {
-    let plain_http = args.plain_http || is_loopback(&args.reference);
+    // A loopback registry without TLS is found by the service (it falls back to plain HTTP).
+    let plain_http = args.plain_http;
+    let credentials = match &args.user {
+        Some(user) => Some(user.clone()),
+        None => super::credentials::for_reference(&args.reference)?,
+    };
     let request = PullRequest {
         reference: args.reference.clone(),
         platforms: args.platforms.clone(),
@@ -84,7 +90,7 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<()> {
         skip_verify: args.skip_verify,
         unpack: !args.no_unpack,
         snapshotter: args.snapshotter.clone(),
-        credentials: args.user.clone().map(|(username, secret)| Credentials { username, secret }),
+        credentials: credentials.map(|(username, secret)| Credentials { username, secret }),
         labels: args.labels.iter().cloned().collect(),
         max_concurrent_downloads: args.max_concurrent_downloads,
     };
@@ -130,9 +136,11 @@ fn explain(client: &Client, status: tonic::Status, args: &Args, plain_http: bool
         Code::Unauthenticated | Code::PermissionDenied if args.user.is_some() => {
             Some("the registry refused the credentials: check USER:PASSWORD given with --user".to_string())
         }
-        Code::Unauthenticated | Code::PermissionDenied => {
-            Some("the registry wants credentials: pass them with --user USER:PASSWORD".to_string())
-        }
+        Code::Unauthenticated | Code::PermissionDenied => Some(
+            "the registry wants credentials: pass them with --user USER:PASSWORD, or keep them in docker's \
+                 config.json (docker login)"
+                .to_string(),
+        ),
         Code::NotFound => Some(if message.contains("platform") {
             "the image has no manifest for that platform: pick one with --platform, or pass --all-platforms".to_string()
         } else {
@@ -147,6 +155,7 @@ fn explain(client: &Client, status: tonic::Status, args: &Args, plain_http: bool
         }
         Code::FailedPrecondition | Code::Unavailable
             if !plain_http
+                && !message.contains("hosts.toml")
                 && (message.contains("certificate") || message.contains("tls") || message.contains("TLS")) =>
         {
             Some(

@@ -19,13 +19,14 @@ pub struct Args {
     /// Where to push it (default: REF itself)
     #[arg(value_name = "REMOTE")]
     pub remote: Option<String>,
-    /// Speak plain HTTP to the registry (the default for 127.0.0.1 and localhost)
+    /// Speak plain HTTP to the registry (127.0.0.1 and localhost fall back to it by themselves)
     #[arg(long)]
     pub plain_http: bool,
     /// Accept any TLS certificate from the registry
     #[arg(long)]
     pub skip_verify: bool,
-    /// Registry credentials, USER:PASSWORD (or :TOKEN for an identity token)
+    /// Registry credentials, USER:PASSWORD (or :TOKEN for an identity token); default: the
+    /// registry's entry in docker's config.json ($DOCKER_CONFIG or ~/.docker)
     #[arg(short, long, value_name = "USER:PASSWORD", value_parser = parse_user)]
     pub user: Option<(String, String)>,
     /// Progress as bars (on a terminal) or lines; json: one JSON object per event on stdout
@@ -36,12 +37,16 @@ pub struct Args {
 pub async fn run(client: &Client, args: Args) -> anyhow::Result<()> {
     let remote = args.remote.clone().unwrap_or_else(|| args.name.clone());
     let plain_http = args.plain_http || is_loopback(&remote);
+    let credentials = match &args.user {
+        Some(user) => Some(user.clone()),
+        None => super::credentials::for_reference(&remote)?,
+    };
     let request = PushRequest {
         name: args.name.clone(),
         remote: remote.clone(),
-        plain_http,
+        plain_http: args.plain_http,
         skip_verify: args.skip_verify,
-        credentials: args.user.clone().map(|(username, secret)| Credentials { username, secret }),
+        credentials: credentials.map(|(username, secret)| Credentials { username, secret }),
     };
     let explain = |status: tonic::Status| -> anyhow::Error {
         let message = status.message().to_string();
@@ -49,9 +54,11 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<()> {
             Code::NotFound if message.contains("image") => {
                 Some(format!("list local images with `berth -n {} images ls`", client.namespace()))
             }
-            Code::Unauthenticated | Code::PermissionDenied => {
-                Some("the registry wants (other) credentials: pass them with --user USER:PASSWORD".to_string())
-            }
+            Code::Unauthenticated | Code::PermissionDenied => Some(
+                "the registry wants (other) credentials: pass them with --user USER:PASSWORD, or keep them in \
+                     docker's config.json (docker login)"
+                    .to_string(),
+            ),
             Code::Unavailable if message.contains("registry") => Some(if plain_http {
                 "is the registry running and reachable from berth's image service?".to_string()
             } else {

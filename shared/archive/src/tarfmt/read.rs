@@ -1,10 +1,10 @@
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 
 use super::{BLOCK, Entry, Kind, MAX_SPECIAL, PAX_XATTR, padding};
 use crate::Error;
 
 /// Reads entries one at a time; the data of the current entry is read with
-/// [`Reader::read_data`] (what is left unread is skipped by the next [`Reader::next`]).
+/// [`Reader::data_buf`] (what is left unread is skipped by the next [`Reader::next`]).
 pub(crate) struct Reader<R> {
     inner: R,
     /// Data bytes of the current entry not read yet.
@@ -149,6 +149,7 @@ impl<R: Read> Reader<R> {
     }
 
     /// Reads data of the current entry; 0 at its end.
+    #[cfg(test)]
     pub(crate) fn read_data(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
         if self.remaining == 0 || buf.is_empty() {
             return Ok(0);
@@ -166,6 +167,40 @@ impl<R: Read> Reader<R> {
         }
         self.remaining -= n as u64;
         Ok(n)
+    }
+
+    /// The next bytes of the current entry's data where the reader buffers them, without a
+    /// copy (empty at the entry's end); [`Reader::consume_data`] says how many were used.
+    pub(crate) fn data_buf(&mut self) -> Result<&[u8], Error>
+    where
+        R: BufRead,
+    {
+        if self.remaining == 0 {
+            return Ok(&[]);
+        }
+        // Retried apart from the call that keeps the slice (a borrow returned from a loop).
+        loop {
+            match self.inner.fill_buf() {
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::Read(e)),
+            }
+        }
+        let remaining = usize::try_from(self.remaining).unwrap_or(usize::MAX);
+        let buf = self.inner.fill_buf().map_err(Error::Read)?;
+        if buf.is_empty() {
+            return Err(malformed("layer ends inside an entry's data"));
+        }
+        Ok(&buf[..buf.len().min(remaining)])
+    }
+
+    /// Marks `n` bytes of what [`Reader::data_buf`] gave as used.
+    pub(crate) fn consume_data(&mut self, n: usize)
+    where
+        R: BufRead,
+    {
+        self.inner.consume(n);
+        self.remaining -= n as u64;
     }
 
     fn read_block(&mut self, block: &mut [u8; BLOCK as usize]) -> Result<bool, Error> {
