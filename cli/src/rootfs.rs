@@ -85,7 +85,7 @@ impl<'a> Lease<'a> {
         Ok(Lease { client, id, leased: Leased { value } })
     }
 
-    fn transport(&self) -> LeasedTransport {
+    pub fn transport(&self) -> LeasedTransport {
         InterceptedService::new(self.client.transport(), self.leased.clone())
     }
 

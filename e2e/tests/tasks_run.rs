@@ -212,10 +212,7 @@ async fn the_runtime_is_chosen_per_container_and_a_missing_one_is_named() {
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("io.containerd.kata.v2"), "{}", err.message());
 
-    if which("crun").is_none() {
-        println!("SKIPPED crun as runtime: crun is not installed");
-        return;
-    }
+    assert!(which("crun").is_some(), "crun is not installed: run scripts/install-deps.sh (Debian package crun)");
     host.container_with("crun", host.spec("crun", &["sh", "-c", "echo from crun"], false), "crun").await;
     let stdio = host.fifos("crun");
     let stdout = read_fifo(&stdio.stdout);
@@ -304,10 +301,10 @@ async fn an_oom_kill_under_a_tiny_memory_limit_is_published() {
 #[tokio::test]
 async fn containerds_runc_shim_serves_as_a_runtime_too() {
     const SHIM: &str = "/usr/bin/containerd-shim-runc-v2";
-    if !std::path::Path::new(SHIM).exists() {
-        println!("SKIPPED containerd's shim as runtime: {SHIM} is not installed");
-        return;
-    }
+    assert!(
+        std::path::Path::new(SHIM).exists(),
+        "{SHIM} is not installed: run scripts/install-deps.sh (Debian package containerd)"
+    );
     let host = Host::start().await;
     host.container("foreign", &["sh", "-c", "echo from runc-v2; read x; echo got $x; exit 4"]).await;
     let stdio = host.fifos("foreign");

@@ -1,25 +1,32 @@
 //! `berth run IMAGE ID [CMD...]`: pull when needed, prepare the rootfs, create the container
 //! record with a spec from the image config, create and start its task with this terminal's
-//! stdio, wait, and exit with the container's code — what `ctr run` does, client-side.
+//! stdio, wait, and exit with the container's code — what `ctr run` does, client-side. With
+//! `--checkpoint`, the container gets the spec of the checkpoint image and its task is
+//! restored from it (read-write layer and processes) instead of started afresh.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
+use berth_api::containerd::runc::v1::Options as RuncOptions;
 use berth_api::containerd::services::containers::v1::container::Runtime;
 use berth_api::containerd::services::containers::v1::{Container, CreateContainerRequest, DeleteContainerRequest};
+use berth_api::containerd::services::images::v1::GetImageRequest;
+use berth_api::containerd::services::images::v1::images_client::ImagesClient;
 use berth_api::containerd::services::snapshots::v1::RemoveSnapshotRequest;
 use berth_api::containerd::services::tasks::v1::{
     CloseIoRequest, CreateTaskRequest, DeleteProcessRequest, DeleteTaskRequest, KillRequest, ResizePtyRequest,
     StartRequest, WaitRequest,
 };
-use berth_api::containerd::types::Mount;
+use berth_api::containerd::types::{Descriptor, Mount};
+use berth_api::prost_types::Any;
+use prost::Message as _;
 use serde_json::Value;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::args::parse_label;
 use crate::client::Client;
 use crate::commands::containers::{DEFAULT_RUNTIME, DEFAULT_SNAPSHOTTER};
-use crate::commands::tasks::{Exited, task_error};
+use crate::commands::tasks::{Exited, checkpoint, task_error};
 use crate::errors::Subject;
 use crate::image_spec::{self, Accounts, Overrides};
 use crate::rootfs;
@@ -42,6 +49,9 @@ pub struct Args {
     /// Runtime that runs the container
     #[arg(long, default_value = DEFAULT_RUNTIME)]
     pub runtime: String,
+    /// The OCI runtime binary (name or path) instead of runc, as ctr's --runc-binary
+    #[arg(long, value_name = "BINARY")]
+    pub runc_binary: Option<String>,
     /// Snapshotter holding the container's root filesystem
     #[arg(long, default_value = DEFAULT_SNAPSHOTTER)]
     pub snapshotter: String,
@@ -63,6 +73,10 @@ pub struct Args {
     /// Pull over plain HTTP (always so for registries on 127.0.0.1 or localhost)
     #[arg(long)]
     pub plain_http: bool,
+    /// Restore the container from this checkpoint image (made by `berth tasks checkpoint`)
+    /// instead of starting it afresh: its spec, read-write layer and processes come back
+    #[arg(long, value_name = "REF")]
+    pub checkpoint: Option<String>,
     /// Image to run, e.g. docker.io/library/busybox:latest or 127.0.0.1:5000/app:1
     pub image: String,
     /// Container ID
@@ -75,6 +89,10 @@ pub struct Args {
 pub async fn run(client: &Client, args: Args) -> anyhow::Result<()> {
     berth_core::identifiers::validate("container id", &args.id)
         .map_err(|status| anyhow::anyhow!("{}", status.message()))?;
+    let checkpoint = match &args.checkpoint {
+        Some(reference) => Some(Checkpoint::load(client, reference).await?),
+        None => None,
+    };
     let image = match rootfs::find(client, &args.image).await? {
         Some(image) => image,
         None => {
@@ -88,9 +106,17 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<()> {
             .await?
         }
     };
-    let image = rootfs::load(client, &image).await?;
-    // Under a lease until the container's record holds its snapshot.
-    let lease = rootfs::Lease::create(client).await?;
+    // Under a lease until the container's record holds its snapshot; the lease is made while
+    // the image is read (one round trip less before the container starts).
+    let (image, lease) = tokio::join!(rootfs::load(client, &image), rootfs::Lease::create(client));
+    let lease = lease?;
+    let image = match image {
+        Ok(image) => image,
+        Err(err) => {
+            lease.release().await;
+            return Err(err);
+        }
+    };
     let created = Created { client, id: args.id.clone(), snapshotter: args.snapshotter.clone(), container: false };
     let mounts = match rootfs::prepare(client, &lease, &image, &args.snapshotter, &args.id).await {
         Ok(mounts) => mounts,
@@ -99,14 +125,15 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<()> {
             return Err(err);
         }
     };
-    let made = create_container(client, &lease, &args, &image, &mounts).await;
+    let made = create_container(client, &lease, &args, &image, &mounts, checkpoint.as_ref()).await;
     lease.release().await;
     if let Err(err) = made {
         created.undo().await;
         return Err(err);
     }
     let created = Created { container: true, ..created };
-    let terminal = args.tty;
+    // A restored process keeps the terminal (or not) it was dumped with.
+    let terminal = checkpoint.as_ref().map(Checkpoint::terminal).unwrap_or(args.tty);
     let fifos = match Fifos::create(&format!("{}-{}", client.namespace(), args.id), terminal) {
         Ok(fifos) => fifos,
         Err(err) => {
@@ -122,6 +149,7 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<()> {
         stdout: fifos.stdout.clone(),
         stderr: fifos.stderr.clone(),
         terminal,
+        checkpoint: checkpoint.as_ref().map(|c| c.index.clone()),
         ..Default::default()
     };
     if let Err(status) = client.tasks().create(request).await {
@@ -159,17 +187,80 @@ struct Created<'a> {
 
 impl Created<'_> {
     async fn undo(&self) {
-        if self.container {
-            let request = DeleteContainerRequest { id: self.id.clone() };
-            if let Err(status) = self.client.containers().delete(request).await {
-                eprintln!("berth: {:#}", self.client.explain(status, Subject::Container(&self.id)));
+        // Both are tried whatever the other's outcome, so they go at once (each is a durable
+        // write in its own service): `run --rm` waits for the slower one only.
+        let container = async {
+            if self.container {
+                let request = DeleteContainerRequest { id: self.id.clone() };
+                if let Err(status) = self.client.containers().delete(request).await {
+                    eprintln!("berth: {:#}", self.client.explain(status, Subject::Container(&self.id)));
+                }
             }
+        };
+        let snapshot = async {
+            let request = RemoveSnapshotRequest { snapshotter: self.snapshotter.clone(), key: self.id.clone() };
+            if let Err(status) = self.client.snapshots().remove(request).await {
+                let subject = Subject::Snapshot { key: &self.id, snapshotter: &self.snapshotter };
+                eprintln!("berth: {:#}", self.client.explain(status, subject));
+            }
+        };
+        tokio::join!(container, snapshot);
+    }
+}
+
+/// A checkpoint image to restore from: its index, and the spec the container had.
+struct Checkpoint {
+    index: Descriptor,
+    spec: Option<Any>,
+}
+
+impl Checkpoint {
+    /// Reads checkpoint image `reference`; a clear error when there is none such or it is not
+    /// a checkpoint.
+    async fn load(client: &Client, reference: &str) -> anyhow::Result<Checkpoint> {
+        let found = ImagesClient::new(client.transport()).get(GetImageRequest { name: reference.to_string() }).await;
+        let image = match found {
+            Ok(found) => found.into_inner().image,
+            Err(status) if status.code() == tonic::Code::NotFound => None,
+            Err(status) => return Err(client.explain(status, Subject::Server)),
+        };
+        let image = image.ok_or_else(|| {
+            anyhow::anyhow!(
+                "checkpoint {reference} not found in namespace {} (make one with `berth tasks checkpoint ID`)",
+                client.namespace()
+            )
+        })?;
+        let index = image.target.unwrap_or_default();
+        if index.media_type != checkpoint::INDEX_MEDIA_TYPE {
+            anyhow::bail!(
+                "{reference} is not a checkpoint: it points at a {} (a checkpoint is an {})",
+                if index.media_type.is_empty() { "blob without media type" } else { &index.media_type },
+                checkpoint::INDEX_MEDIA_TYPE
+            );
         }
-        let request = RemoveSnapshotRequest { snapshotter: self.snapshotter.clone(), key: self.id.clone() };
-        if let Err(status) = self.client.snapshots().remove(request).await {
-            let subject = Subject::Snapshot { key: &self.id, snapshotter: &self.snapshotter };
-            eprintln!("berth: {:#}", self.client.explain(status, subject));
+        let data = rootfs::read_blob(client, &index.digest).await?;
+        let parsed: Value = serde_json::from_slice(&data)
+            .with_context(|| format!("checkpoint {reference}: index {} is not JSON", index.digest))?;
+        let manifests = parsed["manifests"].as_array().cloned().unwrap_or_default();
+        let of_type = |media_type: &str| manifests.iter().find(|m| m["mediaType"] == media_type).cloned();
+        if of_type(checkpoint::CRIU_MEDIA_TYPE).is_none() {
+            anyhow::bail!("{reference} is not a checkpoint: its index holds no CRIU image");
         }
+        let spec = match of_type(checkpoint::CONFIG_MEDIA_TYPE) {
+            Some(config) => {
+                let digest = config["digest"].as_str().unwrap_or_default();
+                let data = rootfs::read_blob(client, digest).await?;
+                Some(Any::decode(data.as_slice()).with_context(|| format!("checkpoint {reference}: spec {digest}"))?)
+            }
+            None => None,
+        };
+        Ok(Checkpoint { index, spec })
+    }
+
+    /// Whether the checkpointed process had a terminal (its spec's `process.terminal`).
+    fn terminal(&self) -> bool {
+        let spec = self.spec.as_ref().and_then(|any| serde_json::from_slice::<Value>(&any.value).ok());
+        spec.is_some_and(|spec| spec["process"]["terminal"] == true)
     }
 }
 
@@ -179,6 +270,7 @@ async fn create_container(
     args: &Args,
     image: &rootfs::RunImage,
     mounts: &[Mount],
+    checkpoint: Option<&Checkpoint>,
 ) -> anyhow::Result<()> {
     let user = args.user.clone().unwrap_or_else(|| image.config.user.clone());
     // Names (and a uid's primary group) come from the image's own account files.
@@ -198,14 +290,20 @@ async fn create_container(
         terminal: args.tty,
         mounts: args.mounts.clone(),
     };
-    let spec = image_spec::from_image(client.namespace(), &args.id, &image.config, &overrides, &accounts)
-        .with_context(|| format!("image {}", image.name))?;
+    let spec = match checkpoint.and_then(|c| c.spec.clone()) {
+        // The restored processes expect the container they were dumped from.
+        Some(spec) => spec,
+        None => crate::spec::to_any(
+            &image_spec::from_image(client.namespace(), &args.id, &image.config, &overrides, &accounts)
+                .with_context(|| format!("image {}", image.name))?,
+        )?,
+    };
     let container = Container {
         id: args.id.clone(),
         labels: args.labels.iter().cloned().collect(),
         image: image.name.clone(),
-        runtime: Some(Runtime { name: args.runtime.clone(), options: None }),
-        spec: Some(crate::spec::to_any(&spec)?),
+        runtime: Some(Runtime { name: args.runtime.clone(), options: args.runc_binary.as_deref().map(runc_options) }),
+        spec: Some(spec),
         snapshotter: args.snapshotter.clone(),
         snapshot_key: args.id.clone(),
         ..Default::default()
@@ -216,6 +314,12 @@ async fn create_container(
         .await
         .map_err(|status| client.explain(status, Subject::Container(&args.id)))?;
     Ok(())
+}
+
+/// Runtime options naming the OCI runtime binary (containerd.runc.v1.Options).
+fn runc_options(binary: &str) -> Any {
+    let options = RuncOptions { binary_name: binary.to_string(), ..Default::default() };
+    Any { type_url: "containerd.runc.v1.Options".into(), value: options.encode_to_vec() }
 }
 
 /// Starts a task (exec_id empty) or an exec.
@@ -377,5 +481,8 @@ mod tests {
         assert!(parse(&["--rm", "-d", "img", "c1"]).is_err(), "--rm and -d do not mix");
         assert!(parse(&["--env", "NOEQUALS", "img", "c1"]).is_err());
         assert!(parse(&["img"]).is_err(), "ID is required");
+        let restore = parse(&["--checkpoint", "ck:1", "--runc-binary", "crun", "img", "c2"]).unwrap();
+        assert_eq!(restore.checkpoint.as_deref(), Some("ck:1"));
+        assert_eq!(restore.runc_binary.as_deref(), Some("crun"));
     }
 }

@@ -1,5 +1,5 @@
 //! `berth tasks ...`: the running side of containers (containerd.services.tasks.v1) — list,
-//! start, kill, ps, pause, resume, exec, metrics, rm, attach — shaped like `ctr tasks`.
+//! start, kill, ps, pause, resume, exec, metrics, rm, attach, checkpoint — shaped like `ctr tasks`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -8,8 +8,8 @@ use anyhow::Context as _;
 use berth_api::containerd::runc::v1::ProcessDetails;
 use berth_api::containerd::services::containers::v1::GetContainerRequest;
 use berth_api::containerd::services::tasks::v1::{
-    CheckpointTaskRequest, CreateTaskRequest, DeleteTaskRequest, ExecProcessRequest, GetRequest, KillRequest,
-    ListPidsRequest, ListTasksRequest, MetricsRequest, PauseTaskRequest, ResumeTaskRequest, WaitRequest,
+    CreateTaskRequest, DeleteTaskRequest, ExecProcessRequest, GetRequest, KillRequest, ListPidsRequest,
+    ListTasksRequest, MetricsRequest, PauseTaskRequest, ResumeTaskRequest, WaitRequest,
 };
 use berth_api::containerd::v1::types::{Process, ProcessInfo, Status as TaskStatus};
 use berth_api::prost_types::Any;
@@ -99,12 +99,40 @@ pub enum Command {
     Rm(RmArgs),
     /// Attach this terminal to a running task's stdio (of a task started with -d); Ctrl-C detaches
     Attach(IdArg),
-    /// Checkpoint a task (not supported by berth yet)
-    Checkpoint(IdArg),
+    /// Checkpoint a running task with CRIU into a checkpoint image (prints its name); restore
+    /// it with `berth run --checkpoint NAME IMAGE ID`
+    Checkpoint(CheckpointArgs),
 }
 
 #[derive(Debug, clap::Args)]
 pub struct IdArg {
+    /// Container ID
+    pub id: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckpointArgs {
+    /// Stop the task once it is checkpointed
+    #[arg(long)]
+    pub exit: bool,
+    /// Name of the checkpoint image [default: containerd.io/checkpoint/ID:SECONDS, as ctr]
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Leave CRIU's image in this directory (on the server) instead of making a checkpoint image
+    #[arg(long)]
+    pub image_path: Option<String>,
+    /// CRIU's work directory, where its log stays (on the server)
+    #[arg(long)]
+    pub work_path: Option<String>,
+    /// Checkpoint established TCP connections
+    #[arg(long)]
+    pub tcp: bool,
+    /// Checkpoint unix sockets connected outside the container
+    #[arg(long)]
+    pub ext_unix_sk: bool,
+    /// Checkpoint file locks
+    #[arg(long)]
+    pub file_locks: bool,
     /// Container ID
     pub id: String,
 }
@@ -206,16 +234,7 @@ pub async fn run(client: &Client, command: Command) -> anyhow::Result<()> {
         Command::Metrics(args) => metrics(client, args).await,
         Command::Rm(args) => rm(client, args).await,
         Command::Attach(args) => attach(client, &args.id).await,
-        Command::Checkpoint(args) => {
-            let request = CheckpointTaskRequest { container_id: args.id.clone(), ..Default::default() };
-            match client.tasks().checkpoint(request).await {
-                Ok(_) => anyhow::bail!("checkpoint of {}: berth cannot store checkpoints yet", args.id),
-                Err(status) if status.code() == Code::Unimplemented => {
-                    anyhow::bail!("checkpoint of {}: not supported by this server yet", args.id)
-                }
-                Err(status) => Err(task_error(client, status, &args.id)),
-            }
-        }
+        Command::Checkpoint(args) => checkpoint::run(client, args).await,
     }
 }
 
@@ -666,6 +685,22 @@ mod tests {
     }
 
     #[test]
+    fn checkpoint_flags_become_runc_options() {
+        let Command::Checkpoint(args) = tasks(&["checkpoint", "--exit", "--tcp", "--name", "ck:1", "c1"]).unwrap()
+        else {
+            panic!("not a checkpoint");
+        };
+        assert_eq!((args.id.as_str(), args.name.as_deref()), ("c1", Some("ck:1")));
+        let any = checkpoint::options(&args);
+        assert_eq!(any.type_url, "containerd.runc.v1.CheckpointOptions");
+        let options = berth_api::containerd::runc::v1::CheckpointOptions::decode(any.value.as_slice()).unwrap();
+        assert!(options.exit && options.open_tcp && !options.file_locks && options.image_path.is_empty());
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(checkpoint::default_name("c1", now), "containerd.io/checkpoint/c1:1700000000");
+        assert!(tasks(&["checkpoint"]).is_err(), "ID is required");
+    }
+
+    #[test]
     fn signals_by_name_or_number() {
         assert_eq!(parse_signal("SIGTERM").unwrap(), libc::SIGTERM);
         assert_eq!(parse_signal("kill").unwrap(), libc::SIGKILL);
@@ -746,5 +781,312 @@ mod tests {
         assert_eq!(Exited::of(&err), Some(3));
         assert_eq!(Exited(300).code(), 255);
         assert_eq!(Exited::of(&anyhow::anyhow!("other")), None);
+    }
+}
+
+/// `berth tasks checkpoint`: what ctr's task checkpoint does, client-side. The task is paused
+/// while everything is taken (unless it was paused already); the server dumps it with CRIU
+/// and stores the CRIU image and the spec; the read-write layer is diffed through the Diff
+/// service; an OCI index of all that (with the image the container runs, named in the
+/// `image.name` annotation) becomes the image record `containerd.io/checkpoint=true`.
+pub mod checkpoint {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use berth_api::containerd::runc::v1::CheckpointOptions;
+    use berth_api::containerd::services::containers::v1::{Container, GetContainerRequest};
+    use berth_api::containerd::services::content::v1::content_client::ContentClient;
+    use berth_api::containerd::services::content::v1::{WriteAction, WriteContentRequest};
+    use berth_api::containerd::services::diff::v1::DiffRequest;
+    use berth_api::containerd::services::diff::v1::diff_client::DiffClient;
+    use berth_api::containerd::services::images::v1::images_client::ImagesClient;
+    use berth_api::containerd::services::images::v1::{CreateImageRequest, GetImageRequest, Image};
+    use berth_api::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
+    use berth_api::containerd::services::snapshots::v1::{
+        MountsRequest, RemoveSnapshotRequest, StatSnapshotRequest, ViewSnapshotRequest,
+    };
+    use berth_api::containerd::services::tasks::v1::tasks_client::TasksClient;
+    use berth_api::containerd::services::tasks::v1::{
+        CheckpointTaskRequest, GetRequest, PauseTaskRequest, ResumeTaskRequest,
+    };
+    use berth_api::containerd::types::Descriptor;
+    use berth_api::containerd::v1::types::Status as TaskStatus;
+    use berth_api::prost_types::Any;
+    use prost::Message as _;
+    use serde_json::{Value, json};
+    use sha2::{Digest as _, Sha256};
+
+    use super::{CheckpointArgs, task_error};
+    use crate::client::Client;
+    use crate::errors::Subject;
+    use crate::rootfs::Lease;
+
+    /// containerd's checkpoint media types.
+    pub const CRIU_MEDIA_TYPE: &str = "application/vnd.containerd.container.criu.checkpoint.criu.tar";
+    pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.containerd.container.checkpoint.config.v1+proto";
+    pub const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+    /// The label containerd puts on checkpoint images, and the index annotation naming the
+    /// image the container ran.
+    pub const CHECKPOINT_LABEL: &str = "containerd.io/checkpoint";
+    pub const IMAGE_NAME_ANNOTATION: &str = "image.name";
+    /// The checkpoint options as the runc shim takes them.
+    pub fn options(args: &CheckpointArgs) -> Any {
+        let options = CheckpointOptions {
+            exit: args.exit,
+            open_tcp: args.tcp,
+            external_unix_sockets: args.ext_unix_sk,
+            file_locks: args.file_locks,
+            image_path: args.image_path.clone().unwrap_or_default(),
+            work_path: args.work_path.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        Any { type_url: "containerd.runc.v1.CheckpointOptions".into(), value: options.encode_to_vec() }
+    }
+
+    /// The name ctr gives a checkpoint of `id` made now.
+    pub fn default_name(id: &str, now: SystemTime) -> String {
+        format!("containerd.io/checkpoint/{id}:{}", now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs())
+    }
+
+    pub async fn run(client: &Client, args: CheckpointArgs) -> anyhow::Result<()> {
+        let id = args.id.clone();
+        let container = client
+            .containers()
+            .get(GetContainerRequest { id: id.clone() })
+            .await
+            .map_err(|status| client.explain(status, Subject::Container(&id)))?
+            .into_inner()
+            .container
+            .ok_or_else(|| anyhow::anyhow!("container {id}: the server sent no record"))?;
+        let process = client
+            .tasks()
+            .get(GetRequest { container_id: id.clone(), exec_id: String::new() })
+            .await
+            .map_err(|status| task_error(client, status, &id))?
+            .into_inner()
+            .process
+            .unwrap_or_default();
+        let paused_here = match TaskStatus::try_from(process.status).unwrap_or(TaskStatus::Unknown) {
+            TaskStatus::Running => {
+                let pause = PauseTaskRequest { container_id: id.clone() };
+                client.tasks().pause(pause).await.map_err(|status| task_error(client, status, &id))?;
+                true
+            }
+            TaskStatus::Paused => false,
+            _ => anyhow::bail!("task {id} is not running: only a running (or paused) task can be checkpointed"),
+        };
+        let lease = match Lease::create(client).await {
+            Ok(lease) => lease,
+            Err(err) => {
+                resume(client, &id, paused_here).await;
+                return Err(err);
+            }
+        };
+        let made = take(client, &lease, &args, &container).await;
+        // A task that was asked to exit is gone; the others run on (or stay paused, as they were).
+        if !(args.exit && made.is_ok()) {
+            resume(client, &id, paused_here).await;
+        }
+        lease.release().await;
+        crate::output::print(&format!("{}\n", made?))?;
+        Ok(())
+    }
+
+    async fn resume(client: &Client, id: &str, paused_here: bool) {
+        if paused_here {
+            let request = ResumeTaskRequest { container_id: id.to_string() };
+            if let Err(status) = client.tasks().resume(request).await {
+                eprintln!("berth: task {id} stays paused: {:#}", task_error(client, status, id));
+            }
+        }
+    }
+
+    /// Checkpoints the task and makes its checkpoint image; returns what to print: the image's
+    /// name, or the directory CRIU's image was left in.
+    async fn take(
+        client: &Client,
+        lease: &Lease<'_>,
+        args: &CheckpointArgs,
+        container: &Container,
+    ) -> anyhow::Result<String> {
+        let id = args.id.as_str();
+        let request = CheckpointTaskRequest {
+            container_id: id.to_string(),
+            parent_checkpoint: String::new(),
+            options: Some(options(args)),
+        };
+        let descriptors = TasksClient::new(lease.transport())
+            .checkpoint(request)
+            .await
+            .map_err(|status| task_error(client, status, id))?
+            .into_inner()
+            .descriptors;
+        if let Some(path) = &args.image_path {
+            return Ok(path.clone());
+        }
+        let architecture = crate::rootfs::host_architecture();
+        let entry = |d: &Descriptor| {
+            let mut entry = json!({
+                "mediaType": d.media_type,
+                "digest": d.digest,
+                "size": d.size,
+                "platform": {"os": "linux", "architecture": architecture},
+            });
+            if !d.annotations.is_empty() {
+                entry["annotations"] = json!(d.annotations);
+            }
+            entry
+        };
+        let mut manifests: Vec<Value> = descriptors.iter().map(entry).collect();
+        let mut annotations = serde_json::Map::new();
+        if !container.image.is_empty() {
+            let image = ImagesClient::new(lease.transport())
+                .get(GetImageRequest { name: container.image.clone() })
+                .await
+                .ok()
+                .and_then(|found| found.into_inner().image)
+                .and_then(|image| image.target);
+            match image {
+                Some(target) => {
+                    manifests.push(entry(&target));
+                    annotations.insert(IMAGE_NAME_ANNOTATION.into(), container.image.clone().into());
+                }
+                None => eprintln!(
+                    "berth: image {} of container {id} is not stored: left out of the checkpoint",
+                    container.image
+                ),
+            }
+        }
+        if !container.snapshot_key.is_empty() {
+            manifests.push(entry(&rw_layer(client, lease, container).await?));
+        }
+        let index = json!({
+            "schemaVersion": 2,
+            "mediaType": INDEX_MEDIA_TYPE,
+            "manifests": manifests,
+            "annotations": annotations,
+        });
+        let data = serde_json::to_vec(&index)?;
+        let labels = manifests
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                (format!("containerd.io/gc.ref.content.m.{i}"), m["digest"].as_str().unwrap_or_default().to_string())
+            })
+            .collect();
+        let target =
+            write_blob(client, lease, &format!("checkpoint-index-{id}"), INDEX_MEDIA_TYPE, data, labels).await?;
+        let name = args.name.clone().unwrap_or_else(|| default_name(id, SystemTime::now()));
+        let image = Image {
+            name: name.clone(),
+            labels: [(CHECKPOINT_LABEL.to_string(), "true".to_string())].into(),
+            target: Some(target),
+            ..Default::default()
+        };
+        ImagesClient::new(lease.transport())
+            .create(CreateImageRequest { image: Some(image), ..Default::default() })
+            .await
+            .map_err(|status| anyhow::anyhow!("store checkpoint image {name}: {}", status.message()))?;
+        Ok(name)
+    }
+
+    /// The container's read-write layer: its snapshot diffed against a view of its parent.
+    async fn rw_layer(client: &Client, lease: &Lease<'_>, container: &Container) -> anyhow::Result<Descriptor> {
+        let (snapshotter, key) = (container.snapshotter.as_str(), container.snapshot_key.as_str());
+        let explain = |status| client.explain(status, Subject::Snapshot { key, snapshotter });
+        let mut snapshots = SnapshotsClient::new(lease.transport());
+        let info = snapshots
+            .stat(StatSnapshotRequest { snapshotter: snapshotter.into(), key: key.into() })
+            .await
+            .map_err(explain)?
+            .into_inner()
+            .info
+            .unwrap_or_default();
+        let view_key = format!(
+            "{key}-parent-view-{}",
+            SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos()
+        );
+        let view = ViewSnapshotRequest {
+            snapshotter: snapshotter.into(),
+            key: view_key.clone(),
+            parent: info.parent.clone(),
+            labels: Default::default(),
+        };
+        let lower = snapshots.view(view).await.map_err(explain)?.into_inner().mounts;
+        let diffed = async {
+            let upper = snapshots
+                .clone()
+                .mounts(MountsRequest { snapshotter: snapshotter.into(), key: key.into() })
+                .await
+                .map_err(explain)?
+                .into_inner()
+                .mounts;
+            let request = DiffRequest {
+                left: lower,
+                right: upper,
+                media_type: String::new(),
+                r#ref: format!("checkpoint-rw-{key}"),
+                labels: Default::default(),
+                source_date_epoch: None,
+            };
+            DiffClient::new(lease.transport())
+                .diff(request)
+                .await
+                .map_err(|status| anyhow::anyhow!("diff the read-write layer of {key}: {}", status.message()))?
+                .into_inner()
+                .diff
+                .ok_or_else(|| anyhow::anyhow!("diff of {key}: the server returned no layer"))
+        }
+        .await;
+        let _ = snapshots.remove(RemoveSnapshotRequest { snapshotter: snapshotter.into(), key: view_key }).await;
+        diffed
+    }
+
+    /// Writes a small blob (the index) with `labels`; an existing one counts as written.
+    async fn write_blob(
+        client: &Client,
+        lease: &Lease<'_>,
+        reference: &str,
+        media_type: &str,
+        data: Vec<u8>,
+        labels: std::collections::HashMap<String, String>,
+    ) -> anyhow::Result<Descriptor> {
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&data)));
+        let size = data.len() as i64;
+        let requests = vec![
+            WriteContentRequest {
+                action: WriteAction::Write as i32,
+                r#ref: reference.into(),
+                data,
+                ..Default::default()
+            },
+            WriteContentRequest {
+                action: WriteAction::Commit as i32,
+                r#ref: reference.into(),
+                offset: size,
+                total: size,
+                expected: digest.clone(),
+                labels,
+                ..Default::default()
+            },
+        ];
+        let explain = |status| client.explain(status, Subject::Ingest(reference));
+        let written = ContentClient::new(lease.transport()).write(tokio_stream::iter(requests)).await;
+        match written {
+            Ok(responses) => {
+                let mut responses = responses.into_inner();
+                loop {
+                    match responses.message().await {
+                        Ok(Some(r)) if r.action == WriteAction::Commit as i32 => break,
+                        Ok(Some(_)) => {}
+                        Ok(None) => anyhow::bail!("write {reference}: content ended without a commit"),
+                        Err(status) if status.code() == tonic::Code::AlreadyExists => break,
+                        Err(status) => return Err(explain(status)),
+                    }
+                }
+            }
+            Err(status) if status.code() == tonic::Code::AlreadyExists => {}
+            Err(status) => return Err(explain(status)),
+        }
+        Ok(Descriptor { media_type: media_type.into(), digest, size, annotations: Default::default() })
     }
 }

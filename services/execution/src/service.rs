@@ -27,8 +27,9 @@ fn split<T>(request: Request<T>) -> Result<(String, T), Status> {
 #[tonic::async_trait]
 impl TasksApi for TasksService {
     async fn create(&self, request: Request<CreateTaskRequest>) -> Result<Response<CreateTaskResponse>, Status> {
+        let lease = berth_peers::leases::of(request.metadata());
         let (namespace, request) = split(request)?;
-        self.tasks.create(&namespace, request).await.map(Response::new)
+        self.tasks.create(&namespace, lease, request).await.map(Response::new)
     }
 
     async fn start(&self, request: Request<StartRequest>) -> Result<Response<StartResponse>, Status> {
@@ -91,8 +92,13 @@ impl TasksApi for TasksService {
         self.tasks.list_pids(&namespace, request).await.map(Response::new)
     }
 
-    async fn checkpoint(&self, _: Request<CheckpointTaskRequest>) -> Result<Response<CheckpointTaskResponse>, Status> {
-        Err(Status::unimplemented("checkpoint is not supported by berth-execution yet"))
+    async fn checkpoint(
+        &self,
+        request: Request<CheckpointTaskRequest>,
+    ) -> Result<Response<CheckpointTaskResponse>, Status> {
+        let lease = berth_peers::leases::of(request.metadata());
+        let (namespace, request) = split(request)?;
+        self.tasks.checkpoint(&namespace, lease, request).await.map(Response::new)
     }
 
     async fn update(&self, request: Request<UpdateTaskRequest>) -> Result<Response<()>, Status> {

@@ -61,6 +61,30 @@ pub struct CreateOptions<'a> {
     pub no_new_keyring: bool,
 }
 
+/// What `checkpoint` asks CRIU for (containerd's runc checkpoint options).
+pub struct CheckpointOptions<'a> {
+    pub image_path: &'a Path,
+    pub work_path: &'a Path,
+    /// Keep the container running after the dump (the default; `exit` stops it).
+    pub leave_running: bool,
+    pub open_tcp: bool,
+    pub external_unix_sockets: bool,
+    pub terminal: bool,
+    pub file_locks: bool,
+    pub empty_namespaces: &'a [String],
+    pub cgroups_mode: &'a str,
+}
+
+/// Options for `restore`.
+pub struct RestoreOptions<'a> {
+    pub bundle: &'a Path,
+    pub image_path: &'a Path,
+    pub work_path: &'a Path,
+    pub pid_file: &'a Path,
+    pub console_socket: Option<&'a Path>,
+    pub no_pivot_root: bool,
+}
+
 impl Runtime {
     /// `binary` is a name looked up in PATH (and /usr/sbin, /sbin) or a path.
     pub fn new(
@@ -211,6 +235,56 @@ impl Runtime {
         self.run(vec!["resume".into(), id.into()], None, None, false).await.map(drop)
     }
 
+    /// Dumps the container with CRIU into `options.image_path`; CRIU's own log (dump.log)
+    /// stays in `options.work_path`.
+    pub async fn checkpoint(&self, id: &str, options: CheckpointOptions<'_>) -> Result<(), RuntimeError> {
+        let mut args: Vec<OsString> = vec!["checkpoint".into()];
+        args.extend(["--image-path".into(), options.image_path.into()]);
+        args.extend(["--work-path".into(), options.work_path.into()]);
+        for (set, flag) in [
+            (options.leave_running, "--leave-running"),
+            (options.open_tcp, "--tcp-established"),
+            (options.external_unix_sockets, "--ext-unix-sk"),
+            (options.terminal, "--shell-job"),
+            (options.file_locks, "--file-locks"),
+        ] {
+            if set {
+                args.push(flag.into());
+            }
+        }
+        for namespace in options.empty_namespaces {
+            args.extend(["--empty-ns".into(), namespace.into()]);
+        }
+        if !options.cgroups_mode.is_empty() {
+            args.extend(["--manage-cgroups-mode".into(), options.cgroups_mode.into()]);
+        }
+        args.push(id.into());
+        self.run(args, None, None, false).await.map(drop)
+    }
+
+    /// Restores a container from the CRIU image at `options.image_path`, detached: its
+    /// processes run on, with `process` as the stdio the dumped ones had.
+    pub async fn restore(
+        &self,
+        id: &str,
+        options: RestoreOptions<'_>,
+        process: ProcessStdio,
+    ) -> Result<(), RuntimeError> {
+        let mut args: Vec<OsString> = vec!["restore".into(), "--detach".into(), "--no-subreaper".into()];
+        args.extend(["--bundle".into(), options.bundle.into()]);
+        args.extend(["--image-path".into(), options.image_path.into()]);
+        args.extend(["--work-path".into(), options.work_path.into()]);
+        args.extend(["--pid-file".into(), options.pid_file.into()]);
+        if let Some(socket) = options.console_socket {
+            args.extend(["--console-socket".into(), socket.into()]);
+        }
+        if options.no_pivot_root {
+            args.push("--no-pivot".into());
+        }
+        args.push(id.into());
+        self.run(args, Some(process), None, false).await.map(drop)
+    }
+
     /// PIDs of every process in the container.
     pub async fn ps(&self, id: &str) -> Result<Vec<u32>, RuntimeError> {
         let out = self.run(vec!["ps".into(), "--format".into(), "json".into(), id.into()], None, None, true).await?;
@@ -250,6 +324,27 @@ fn last_error(log: &str) -> Option<String> {
         .next_back()
 }
 
+/// Lines of a CRIU log kept in an error: CRIU writes its errors where they happen, often
+/// followed by lines about what it was doing meanwhile, so a plain tail may miss them.
+const CRIU_LOG_ERRORS: usize = 8;
+const CRIU_LOG_TAIL: usize = 6;
+
+/// What a failed CRIU run left in its log `path` (dump.log, restore.log), for an error
+/// message: its `Error` lines, then its last lines; None when there is no log.
+pub fn criu_log_tail(path: &Path) -> Option<String> {
+    let log = std::fs::read_to_string(path).ok()?;
+    let lines: Vec<&str> = log.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect();
+    let tail_from = lines.len().saturating_sub(CRIU_LOG_TAIL);
+    let errors: Vec<&str> =
+        lines[..tail_from].iter().copied().filter(|l| l.contains("Error") || l.contains("error")).collect();
+    let mut kept: Vec<&str> = errors[errors.len().saturating_sub(CRIU_LOG_ERRORS)..].to_vec();
+    if !kept.is_empty() && tail_from > 0 {
+        kept.push("...");
+    }
+    kept.extend(&lines[tail_from..]);
+    Some(kept.join("\n"))
+}
+
 /// Finds a runtime binary: a path as given, else a name in PATH, /usr/local/sbin, /usr/sbin, /sbin.
 pub fn find_binary(name: &str) -> Option<PathBuf> {
     if name.contains('/') {
@@ -275,6 +370,22 @@ not json
 {"level":"error","msg":"container \"x\" does not exist","time":"x"}"#;
         assert_eq!(last_error(log).as_deref(), Some("container \"x\" does not exist"));
         assert_eq!(last_error(""), None);
+    }
+
+    #[test]
+    fn criu_logs_keep_their_errors_and_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("dump.log");
+        assert_eq!(criu_log_tail(&log), None);
+        let mut text = String::from("(00.01) Version: 3.17.1\n(00.02) Error (criu/vdso.c:613): vdso: failed\n");
+        for i in 0..20 {
+            text.push_str(&format!("(00.{i:02}) line {i}\n"));
+        }
+        std::fs::write(&log, text).unwrap();
+        let tail = criu_log_tail(&log).unwrap();
+        assert!(tail.starts_with("(00.02) Error (criu/vdso.c:613)"), "{tail}");
+        assert!(tail.ends_with("line 19") && tail.contains("line 14") && !tail.contains("line 13"), "{tail}");
+        assert!(!tail.contains("Version"), "{tail}");
     }
 
     #[test]

@@ -57,7 +57,7 @@ impl Dispatch for ShimService {
                     }
                     Ok(Vec::new())
                 }
-                "Checkpoint" => Err(tonic::Status::unimplemented("checkpoint is not supported by berth-shim yet")),
+                "Checkpoint" => encoded(task.checkpoint(decode(m, p)?).await),
                 other => Err(tonic::Status::unimplemented(format!("{TASK_SERVICE}/{other} does not exist"))),
             }
         })

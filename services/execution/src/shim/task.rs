@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use berth_api::containerd::events::TaskOom;
-use berth_api::containerd::runc::v1::{Options as RuncOptions, ProcessDetails};
+use berth_api::containerd::runc::v1::{
+    CheckpointOptions as RuncCheckpointOptions, Options as RuncOptions, ProcessDetails,
+};
 use berth_api::containerd::v1::types::{ProcessInfo, Status};
 use prost::Message;
 use tokio::sync::watch;
@@ -19,7 +21,9 @@ use super::events::Publisher;
 use super::io::{ConsoleSocket, ProcessIo, StdioPaths};
 use super::mount;
 use super::reaper::Reaper;
-use super::runtime::{CreateOptions, ProcessStdio, Runtime, RuntimeError};
+use super::runtime::{
+    CheckpointOptions, CreateOptions, ProcessStdio, RestoreOptions, Runtime, RuntimeError, criu_log_tail,
+};
 use crate::protocol::Exit;
 use crate::protocol::v2::*;
 
@@ -87,6 +91,18 @@ struct State {
     execs: HashMap<String, Arc<Process>>,
     paused: bool,
     mounted: bool,
+    /// A task created from a checkpoint: restored (instead of started) by Start.
+    restore: Option<Restore>,
+}
+
+/// Where a checkpointed task comes back from.
+#[derive(Clone, Debug)]
+struct Restore {
+    /// The CRIU image directory.
+    image: PathBuf,
+    /// CRIU's work directory (restore.log).
+    work: PathBuf,
+    no_pivot_root: bool,
 }
 
 /// One shim's task.
@@ -109,6 +125,18 @@ fn runtime_error(error: RuntimeError) -> Error {
             Error::not_found(error.to_string())
         }
         _ => Error::unknown(error.to_string()),
+    }
+}
+
+/// A runtime error from a CRIU run, with the end of CRIU's `log` (of the `what` step: dump,
+/// restore) added: the runtime itself says no more than "criu failed".
+fn with_criu_log(error: Error, what: &str, log: &Path) -> Error {
+    match criu_log_tail(log) {
+        Some(tail) => Error::new(
+            error.code(),
+            format!("{}\nCRIU's {what} log ({}) ends:\n{tail}", error.message(), log.display()),
+        ),
+        None => error,
     }
 }
 
@@ -253,8 +281,11 @@ impl Task {
 
     pub async fn create(self: &Arc<Self>, request: CreateTaskRequest) -> Result<CreateTaskResponse, Error> {
         self.check_id(&request.id)?;
-        if !request.checkpoint.is_empty() {
-            return Err(Error::unimplemented("restoring a checkpoint is not supported yet"));
+        if !request.checkpoint.is_empty() && !Path::new(&request.checkpoint).is_dir() {
+            return Err(Error::invalid_argument(format!(
+                "checkpoint {}: no CRIU image directory there",
+                request.checkpoint
+            )));
         }
         if Path::new(&request.bundle) != self.bundle {
             return Err(Error::invalid_argument(format!(
@@ -290,6 +321,15 @@ impl Task {
             }
         }
         let pid = created?;
+        // A restored task's process appears at Start.
+        if request.checkpoint.is_empty() {
+            self.watch_init(process, pid);
+        }
+        Ok(CreateTaskResponse { pid })
+    }
+
+    /// Watches the init process `pid` for its exit and for OOM kills.
+    fn watch_init(self: &Arc<Self>, process: Arc<Process>, pid: u32) {
         self.watch_exit(process);
         let (events, id) = (self.events.clone(), self.id.clone());
         let oom = super::oom::watch(pid, move || {
@@ -299,7 +339,6 @@ impl Task {
         if let Err(e) = oom {
             tracing::warn!(task = self.id, "cannot watch for OOM kills: {e}");
         }
-        Ok(CreateTaskResponse { pid })
     }
 
     async fn create_init(&self, request: &CreateTaskRequest, process: &Arc<Process>) -> Result<u32, Error> {
@@ -336,6 +375,16 @@ impl Task {
             mount::mount_all(&mounts, &rootfs).map_err(|e| Error::internal(format!("mount the rootfs: {e}")))?;
             self.state().mounted = true;
         }
+        if !request.checkpoint.is_empty() {
+            let work = if options.criu_work_path.is_empty() {
+                self.bundle.join("criu-restore")
+            } else {
+                PathBuf::from(&options.criu_work_path)
+            };
+            self.state().restore =
+                Some(Restore { image: PathBuf::from(&request.checkpoint), work, no_pivot_root: options.no_pivot_root });
+            return Ok(0);
+        }
         let pid_file = self.bundle.join("init.pid");
         let bundle = self.bundle.clone();
         let id = self.id.clone();
@@ -359,6 +408,21 @@ impl Task {
             return Err(Error::failed_precondition(format!("{} was started before", process.name(&self.id))));
         }
         let runtime = self.runtime()?;
+        let restore = if process.exec_id.is_empty() { self.state().restore.take() } else { None };
+        if let Some(restore) = restore {
+            let restored = self.restore_init(&process, &restore).await;
+            let pid = match restored {
+                Ok(pid) => pid,
+                Err(error) => {
+                    // Still created: a later Start may try again.
+                    self.state().restore = Some(restore);
+                    return Err(error);
+                }
+            };
+            process.life.send_replace(Life::Running);
+            self.watch_init(process, pid);
+            return Ok(StartResponse { pid });
+        }
         if process.exec_id.is_empty() {
             runtime.start(&self.id).await.map_err(runtime_error)?;
             process.life.send_if_modified(|life| {
@@ -385,6 +449,92 @@ impl Task {
         process.life.send_replace(Life::Running);
         self.watch_exit(process);
         Ok(StartResponse { pid })
+    }
+
+    /// Brings the init process (and the rest of the container) back from a CRIU image.
+    async fn restore_init(&self, process: &Arc<Process>, restore: &Restore) -> Result<u32, Error> {
+        let runtime = self.runtime()?;
+        std::fs::create_dir_all(&restore.work).map_err(io_error("create the CRIU work directory"))?;
+        let log = restore.work.join("restore.log");
+        let _ = std::fs::remove_file(&log);
+        let pid_file = self.bundle.join("init.pid");
+        let bundle = self.bundle.clone();
+        let id = self.id.clone();
+        let restored = self
+            .launch(process, pid_file.clone(), |console, stdio| async move {
+                let options = RestoreOptions {
+                    bundle: &bundle,
+                    image_path: &restore.image,
+                    work_path: &restore.work,
+                    pid_file: &pid_file,
+                    console_socket: console.as_deref(),
+                    no_pivot_root: restore.no_pivot_root,
+                };
+                runtime.restore(&id, options, stdio).await
+            })
+            .await;
+        restored.map_err(|error| with_criu_log(error, "restore", &log))
+    }
+
+    /// Dumps the running (or paused) task with CRIU into the request's path (or the options'
+    /// image path). The task keeps running unless the options say `exit`; when CRIU fails,
+    /// the error carries the end of its log and the task stays as it was.
+    pub async fn checkpoint(&self, request: CheckpointTaskRequest) -> Result<(), Error> {
+        self.check_id(&request.id)?;
+        self.running_init()?;
+        let options = match &request.options {
+            Some(any) if any.type_url.ends_with("containerd.runc.v1.CheckpointOptions") => {
+                RuncCheckpointOptions::decode(any.value.as_slice())
+                    .map_err(|e| Error::invalid_argument(format!("checkpoint options: {e}")))?
+            }
+            Some(any) if !any.type_url.is_empty() => {
+                return Err(Error::invalid_argument(format!(
+                    "checkpoint options of type {} are not understood (containerd.runc.v1.CheckpointOptions are)",
+                    any.type_url
+                )));
+            }
+            _ => RuncCheckpointOptions::default(),
+        };
+        let image = if options.image_path.is_empty() {
+            PathBuf::from(&request.path)
+        } else {
+            PathBuf::from(&options.image_path)
+        };
+        if image.as_os_str().is_empty() || !image.is_absolute() {
+            return Err(Error::invalid_argument(format!(
+                "checkpoint of task {}: an absolute image path is needed, not {:?}",
+                self.id,
+                image.display()
+            )));
+        }
+        let work = if options.work_path.is_empty() {
+            self.bundle.join("criu-work")
+        } else {
+            PathBuf::from(&options.work_path)
+        };
+        for dir in [&image, &work] {
+            std::fs::create_dir_all(dir).map_err(|e| Error::internal(format!("create {}: {e}", dir.display())))?;
+        }
+        let log = work.join("dump.log");
+        let _ = std::fs::remove_file(&log);
+        let checkpoint = CheckpointOptions {
+            image_path: &image,
+            work_path: &work,
+            leave_running: !options.exit,
+            open_tcp: options.open_tcp,
+            external_unix_sockets: options.external_unix_sockets,
+            terminal: options.terminal,
+            file_locks: options.file_locks,
+            empty_namespaces: &options.empty_namespaces,
+            cgroups_mode: &options.cgroups_mode,
+        };
+        let runtime = self.runtime()?;
+        runtime
+            .checkpoint(&self.id, checkpoint)
+            .await
+            .map_err(|error| with_criu_log(runtime_error(error), "dump", &log))?;
+        tracing::info!(task = self.id, image = %image.display(), exit = options.exit, "checkpointed");
+        Ok(())
     }
 
     pub async fn exec(&self, request: ExecProcessRequest) -> Result<(), Error> {
@@ -426,6 +576,8 @@ impl Task {
             Life::Running => {
                 return Err(Error::failed_precondition(format!("{name} is running: kill it before deleting it")));
             }
+            // Created from a checkpoint and never restored: nothing runs yet.
+            Life::Created if process.exec_id.is_empty() && self.state().restore.is_some() => Exit::now(0, 0),
             Life::Created if process.exec_id.is_empty() => {
                 // Never started: the runtime kills the waiting init process.
                 self.runtime()?.delete(&self.id, true).await.map_err(runtime_error)?;

@@ -29,7 +29,10 @@ impl FromShims {
                     .map_err(|e| tonic::Status::invalid_argument(format!("forward /tasks/oom: {e}")))?;
                 self.events.publish(&envelope.namespace, "/tasks/oom", &oom);
             }
-            // Task lifecycle events: this service publishes its own, once each.
+            // Task lifecycle events (create, start, exec-added, exec-started, paused, resumed,
+            // checkpointed, exit, delete): this service publishes its own for every shim, once
+            // each (exits even across its restarts), so the copies containerd's shims send
+            // would be duplicates.
             topic => tracing::debug!(topic, namespace = envelope.namespace, "shim event not passed on"),
         }
         Ok(())

@@ -5,7 +5,9 @@
 //! ```text
 //! <root>/tasks/<namespace>/<id>/     the bundle: config.json, rootfs/ (mounted by the shim),
 //!                                    task.json (this service's record), exit.json (the shim's),
-//!                                    shim.pid, shim.log, exits-published/ (markers)
+//!                                    shim.pid, shim.log, exits-published/ (markers),
+//!                                    checkpoint/ (a CRIU image restored from),
+//!                                    checkpoint-<n>/work/dump.log (CRIU's log of a failed dump)
 //! <root>/tasks/<namespace>/<id>/execs/<exec>.json   one record per exec
 //! <root>/s/<hash>.sock               shim sockets (directory 0700, sockets 0600): short paths
 //! <root>/s/events.sock               where shims publish events (TTRPC_ADDRESS)

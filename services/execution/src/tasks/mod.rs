@@ -6,7 +6,10 @@
 //! watched with the shim's Wait and published as `/tasks/exit` exactly once per process — a
 //! marker file in the bundle remembers what was published, so an exit that happened while the
 //! service was down is published when it comes back, and none is published twice.
+//! Checkpoint and restore (CRIU through the runtime) are in [`checkpoint`].
 
+pub mod blobs;
+pub mod checkpoint;
 pub mod events;
 pub mod layout;
 pub mod runtimes;
@@ -19,8 +22,8 @@ use std::sync::{Arc, Mutex};
 use berth_api::containerd::events::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIo, TaskPaused, TaskResumed, TaskStart,
 };
-use berth_api::containerd::services::containers::v1::GetContainerRequest;
 use berth_api::containerd::services::containers::v1::containers_client::ContainersClient;
+use berth_api::containerd::services::containers::v1::{Container, GetContainerRequest};
 use berth_api::containerd::services::snapshots::v1::MountsRequest;
 use berth_api::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
 use berth_api::containerd::services::tasks::v1 as api;
@@ -234,6 +237,11 @@ impl Tasks {
             };
             match shim.wait(task.id(), &exec_id).await {
                 Ok(waited) => {
+                    // A task restored from a checkpoint has its pid from Start on.
+                    let pid = match pid {
+                        0 => shim.state(task.id(), &exec_id).await.map(|state| state.pid).unwrap_or(0),
+                        pid => pid,
+                    };
                     let at = waited.exited_at.unwrap_or_default();
                     let exit = Exit { pid, status: waited.exit_status, seconds: at.seconds, nanos: at.nanos };
                     tasks.publish_exit(&task, &exec_id, exit);
@@ -250,15 +258,15 @@ impl Tasks {
         });
     }
 
+    /// Creates the task of a container (from a checkpoint when `req.checkpoint` is set;
+    /// `lease` holds what that brings into content and snapshots meanwhile).
     pub async fn create(
         self: &Arc<Self>,
         namespace: &str,
+        lease: Option<String>,
         req: api::CreateTaskRequest,
     ) -> Result<api::CreateTaskResponse, Status> {
         berth_core::identifiers::validate("container id", &req.container_id)?;
-        if req.checkpoint.is_some() {
-            return Err(Status::unimplemented("creating a task from a checkpoint is not supported yet"));
-        }
         let id = req.container_id.clone();
         {
             let mut slots = self.slots();
@@ -267,7 +275,7 @@ impl Tasks {
             }
             slots.insert(key(namespace, &id), Slot::Creating);
         }
-        let created = self.create_task(namespace, req).await;
+        let created = self.create_task(namespace, lease.as_deref(), req).await;
         let mut slots = self.slots();
         match created {
             Ok((task, pid)) => {
@@ -283,17 +291,27 @@ impl Tasks {
         }
     }
 
-    async fn create_task(&self, namespace: &str, req: api::CreateTaskRequest) -> Result<(Arc<Task>, u32), Status> {
-        let id = req.container_id.clone();
+    /// The record of container `id`.
+    async fn container(&self, namespace: &str, id: &str) -> Result<Container, Status> {
         let metadata = self.peers.channel("metadata").ok_or_else(|| {
             Status::failed_precondition("berth-execution runs without a metadata service (--peer metadata=ADDR)")
         })?;
-        let container = ContainersClient::new(metadata)
-            .get(request(namespace, GetContainerRequest { id: id.clone() }))
+        ContainersClient::new(metadata)
+            .get(request(namespace, GetContainerRequest { id: id.to_string() }))
             .await?
             .into_inner()
             .container
-            .ok_or_else(|| Status::not_found(format!("container {id} not found in namespace {namespace}")))?;
+            .ok_or_else(|| Status::not_found(format!("container {id} not found in namespace {namespace}")))
+    }
+
+    async fn create_task(
+        &self,
+        namespace: &str,
+        lease: Option<&str>,
+        req: api::CreateTaskRequest,
+    ) -> Result<(Arc<Task>, u32), Status> {
+        let id = req.container_id.clone();
+        let container = self.container(namespace, &id).await?;
         let spec = container
             .spec
             .as_ref()
@@ -355,6 +373,18 @@ impl Tasks {
             layout::save_task(&bundle, &record)
         })();
         prepared.map_err(|e| Status::internal(format!("prepare the bundle {}: {e}", bundle.display())))?;
+        // An empty descriptor is no checkpoint (some clients send one rather than none).
+        let restore_from = req.checkpoint.clone().filter(|d| !d.digest.is_empty() || !d.media_type.is_empty());
+        let checkpoint = match &restore_from {
+            Some(descriptor) => match self.prepare_restore(namespace, lease, descriptor, &bundle, &rootfs).await {
+                Ok(dir) => dir.display().to_string(),
+                Err(status) => {
+                    self.discard(&bundle, None).await;
+                    return Err(status);
+                }
+            },
+            None => String::new(),
+        };
 
         let events = self.layout.events_socket();
         let shim = match shim::launch(&shim_binary, namespace, &id, &bundle, &socket, &events).await {
@@ -381,7 +411,7 @@ impl Tasks {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
-            checkpoint: String::new(),
+            checkpoint: checkpoint.clone(),
             parent_checkpoint: String::new(),
             options: Some(berth_peers::events::any_of(&options)),
         };
@@ -398,7 +428,7 @@ impl Tasks {
             bundle: bundle.display().to_string(),
             rootfs,
             io: Some(TaskIo { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal }),
-            checkpoint: String::new(),
+            checkpoint: restore_from.map(|d| d.digest).unwrap_or_default(),
             pid,
         };
         self.events.publish(namespace, "/tasks/create", &event);
@@ -444,10 +474,13 @@ impl Tasks {
 
     pub async fn delete(&self, namespace: &str, req: api::DeleteTaskRequest) -> Result<api::DeleteResponse, Status> {
         let task = self.task(namespace, &req.container_id)?;
+        // Whether the shim removed the container from the runtime itself.
+        let mut runtime_deleted = false;
         let exit = match task.shim().await {
             Some(shim) => {
                 let exit = match shim.delete(task.id(), "").await {
                     Ok(deleted) => {
+                        runtime_deleted = true;
                         let at = deleted.exited_at.unwrap_or_default();
                         Exit { pid: deleted.pid, status: deleted.exit_status, seconds: at.seconds, nanos: at.nanos }
                     }
@@ -463,7 +496,13 @@ impl Tasks {
         // Clients may wait for the exit event; it comes before the delete.
         self.publish_exit(&task, "", exit);
         self.slots().remove(&key(namespace, task.id()));
-        self.discard(&task.bundle, Some(&task.record)).await;
+        if runtime_deleted {
+            // No second `runtime delete`: one runtime run less per task.
+            let _ = std::fs::remove_file(&task.record.socket);
+            self.discard(&task.bundle, None).await;
+        } else {
+            self.discard(&task.bundle, Some(&task.record)).await;
+        }
         let event = TaskDelete {
             container_id: task.id().to_string(),
             pid: exit.pid,

@@ -13,6 +13,8 @@ use crate::ttrpc::Client;
 
 /// How long a short shim call may take (Wait has no limit).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a CRIU dump may take.
+const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long the shim's `start` may take to daemonize.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -173,6 +175,11 @@ impl Shim {
 
     pub async fn update(&self, request: UpdateTaskRequest) -> Result<(), Status> {
         self.call("Update", request).await
+    }
+
+    /// Dumps the task with CRIU; as long as it takes (a large memory takes a while).
+    pub async fn checkpoint(&self, request: CheckpointTaskRequest) -> Result<(), Status> {
+        self.client.call("Checkpoint", &request, Some(CHECKPOINT_TIMEOUT)).await
     }
 
     pub async fn stats(&self, id: &str) -> Result<StatsResponse, Status> {
