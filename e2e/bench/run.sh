@@ -8,7 +8,7 @@ bash scripts/install-deps.sh
 cargo build --release --workspace --bins --locked
 benches=("$@")
 if [ ${#benches[@]} -eq 0 ]; then
-    benches=(content_ingest metadata_ops unpack)
+    benches=(content_ingest metadata_ops unpack tasks)
 fi
 for bench in "${benches[@]}"; do
     echo "## $bench"

@@ -13,6 +13,7 @@ use berth_api::containerd::services::containers::v1::{
     Container, CreateContainerRequest, DeleteContainerRequest, GetContainerRequest, ListContainersRequest,
     UpdateContainerRequest,
 };
+use berth_api::containerd::services::snapshots::v1::RemoveSnapshotRequest;
 use clap::Subcommand;
 use serde::Serialize;
 use serde_json::Value;
@@ -41,7 +42,7 @@ pub enum Command {
     Info(InfoArgs),
     /// Set labels on a container (k=v), or remove them (k=); prints the resulting labels
     Label(LabelArgs),
-    /// Remove container records; prints each ID removed
+    /// Remove containers and their snapshots; prints each ID removed
     #[command(visible_aliases = ["delete", "del", "remove"])]
     Rm(RmArgs),
 }
@@ -103,6 +104,9 @@ pub struct LabelArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct RmArgs {
+    /// Keep the containers' snapshots (by default they are removed with the records)
+    #[arg(long)]
+    pub keep_snapshot: bool,
     #[arg(required = true, value_name = "ID")]
     pub ids: Vec<String>,
 }
@@ -237,18 +241,50 @@ pub fn label_update(id: &str, labels: &[(String, String)]) -> UpdateContainerReq
 
 async fn rm(client: &Client, args: RmArgs) -> anyhow::Result<()> {
     let containers = client.containers();
+    let keep_snapshot = args.keep_snapshot;
     remove_each("containers", &args.ids, |id| {
         let mut containers = containers.clone();
         async move {
             check_id(&id)?;
-            containers
-                .delete(DeleteContainerRequest { id: id.clone() })
+            let explain = |status| client.explain(status, Subject::Container(&id));
+            // The record names the snapshot; read it before it is gone.
+            let container = containers
+                .get(GetContainerRequest { id: id.clone() })
                 .await
-                .map_err(|status| client.explain(status, Subject::Container(&id)))?;
+                .map_err(explain)?
+                .into_inner()
+                .container
+                .unwrap_or_default();
+            containers.delete(DeleteContainerRequest { id: id.clone() }).await.map_err(explain)?;
+            if !keep_snapshot {
+                remove_snapshot(client, &id, &container).await?;
+            }
             Ok(())
         }
     })
     .await
+}
+
+/// Removes the snapshot container `id`'s record named, as ctr's snapshot cleanup does; one
+/// that is already gone is fine.
+async fn remove_snapshot(client: &Client, id: &str, container: &Container) -> anyhow::Result<()> {
+    let Some(request) = snapshot_cleanup(container) else { return Ok(()) };
+    match client.snapshots().remove(request).await {
+        Err(status) if status.code() != tonic::Code::NotFound => {
+            let subject = Subject::Snapshot { key: &container.snapshot_key, snapshotter: &container.snapshotter };
+            Err(client.explain(status, subject))
+                .with_context(|| format!("container {id} was removed but its snapshot was not"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The Remove that cleans up `container`'s snapshot, if it names one.
+fn snapshot_cleanup(container: &Container) -> Option<RemoveSnapshotRequest> {
+    if container.snapshot_key.is_empty() || container.snapshotter.is_empty() {
+        return None;
+    }
+    Some(RemoveSnapshotRequest { snapshotter: container.snapshotter.clone(), key: container.snapshot_key.clone() })
 }
 
 fn check_id(id: &str) -> anyhow::Result<()> {
@@ -444,6 +480,16 @@ mod tests {
         assert_eq!(args.labels, [("tier".into(), "front".into()), ("old".into(), String::new())]);
         assert!(matches!(containers(&["delete", "a", "b"]).unwrap(), Command::Rm(args) if args.ids == ["a", "b"]));
         assert!(containers(&["rm"]).is_err());
+        let Command::Rm(args) = containers(&["rm", "--keep-snapshot", "a"]).unwrap() else { panic!("not rm") };
+        assert!(args.keep_snapshot && args.ids == ["a"]);
+    }
+
+    #[test]
+    fn rm_cleans_up_the_snapshot_the_record_names() {
+        let request = snapshot_cleanup(&container("web", "nginx")).unwrap();
+        assert_eq!((request.snapshotter.as_str(), request.key.as_str()), ("overlayfs", "web"));
+        let bare = Container { id: "bare".into(), snapshotter: "overlayfs".into(), ..Default::default() };
+        assert!(snapshot_cleanup(&bare).is_none(), "no snapshot key, nothing to remove");
     }
 
     #[test]
