@@ -89,6 +89,35 @@ impl Host {
     }
 
     pub async fn container_with(&self, id: &str, spec: serde_json::Value, runtime: &str) {
+        self.container_with_options(id, spec, runtime, None).await
+    }
+
+    /// A container on `runtime` with runtime `options` (e.g. containerd.runc.v1.Options).
+    pub async fn container_with_options(
+        &self,
+        id: &str,
+        spec: serde_json::Value,
+        runtime: &str,
+        options: Option<prost_types::Any>,
+    ) {
+        // The record first: it keeps the snapshot from the collector from the moment it exists
+        // (a collection triggered by another test's deletion may run at any time).
+        let container = Container {
+            id: id.into(),
+            image: "busybox:e2e".into(),
+            runtime: Some(Runtime { name: runtime.into(), options }),
+            spec: Some(prost_types::Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+                value: serde_json::to_vec(&spec).unwrap(),
+            }),
+            snapshotter: "overlayfs".into(),
+            snapshot_key: id.into(),
+            ..Default::default()
+        };
+        ContainersClient::new(self.channel.clone())
+            .create(in_namespace(CreateContainerRequest { container: Some(container) }, NS))
+            .await
+            .unwrap_or_else(|e| panic!("create container {id}: {e}"));
         let prepare = PrepareSnapshotRequest {
             snapshotter: "overlayfs".into(),
             key: id.into(),
@@ -117,22 +146,6 @@ impl Host {
         let copied = Command::new("cp").arg("-a").arg(format!("{}/.", self.rootfs.display())).arg(&target).status();
         let unmounted = Command::new("umount").arg(&target).status().unwrap();
         assert!(copied.unwrap().success() && unmounted.success(), "fill the rootfs of {id}");
-        let container = Container {
-            id: id.into(),
-            image: "busybox:e2e".into(),
-            runtime: Some(Runtime { name: runtime.into(), options: None }),
-            spec: Some(prost_types::Any {
-                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
-                value: serde_json::to_vec(&spec).unwrap(),
-            }),
-            snapshotter: "overlayfs".into(),
-            snapshot_key: id.into(),
-            ..Default::default()
-        };
-        ContainersClient::new(self.channel.clone())
-            .create(in_namespace(CreateContainerRequest { container: Some(container) }, NS))
-            .await
-            .unwrap_or_else(|e| panic!("create container {id}: {e}"));
     }
 
     /// FIFOs for a process called `name`.
